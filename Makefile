@@ -1,0 +1,58 @@
+# The two commands a newcomer needs: `make run` and `make test`. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format install migrate seed preheat services-run test-services bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(PY) manage.py migrate_all
+
+seed: migrate
+	$(PY) manage.py seed_demo
+
+## Set up, seed the demo shop and serve it on http://127.0.0.1:8000 (embedded default profile,
+## or the services profile when its variables are set).
+run: seed
+	@echo "Serving the shop on http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+## The whole test suite, on whatever profile the environment selects.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## The same against local PostgreSQL, Redis and RabbitMQ (variables from .env.services).
+test-services:
+	set -a && . ./.env.services && set +a && $(MAKE) test
+
+## Every process of the services profile (Procfile) under honcho.
+services-run: install
+	set -a && . ./.env.services && set +a && \
+	  $(PY) manage.py migrate_all && $(PY) manage.py seed_demo && \
+	  $(VENV)/bin/honcho start
+
+bench: install
+	$(PY) bench/catalog_read.py
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+
+from apps.catalog import selectors
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "catalog/home.html",
+        {
+            "menu": selectors.category_menu(),
+            "hot_products": selectors.products_hot(limit=settings.HOME_HOT_PRODUCTS),
+        },
+    )
+
+
+def _positive_int(value: str | None, default: int = 1) -> int:
+    try:
+        number = int(value or default)
+    except ValueError:
+        return default
+    return number if number > 0 else default
+
+
+def product_list(request: HttpRequest) -> HttpResponse:
+    slug = request.GET.get("category", "").strip()
+    category = selectors.category_get_by_slug(slug) if slug else None
+    if slug and category is None:
+        raise Http404("No such category.")
+    query = request.GET.get("q", "").strip()[: selectors.MAX_QUERY_LENGTH]
+    sort = request.GET.get("sort", selectors.DEFAULT_SORT)
+    sort = sort if sort in selectors.SORTS else selectors.DEFAULT_SORT
+    page = selectors.product_page(
+        category_id=category["id"] if category else None,
+        query=query,
+        sort=sort,
+        page=_positive_int(request.GET.get("page")),
+    )
+    if page.page > page.num_pages:
+        raise Http404("No such page.")
+    base_params = {k: v for k, v in (("category", slug), ("q", query), ("sort", sort)) if v}
+    nodes = selectors.category_tree()["nodes"]
+    subcategories = [
+        nodes[child]
+        for child in (category["children"] if category else [])
+        if nodes[child]["visible"]
+    ]
+    return render(
+        request,
+        "catalog/product_list.html",
+        {
+            "page": page,
+            "category": category,
+            "breadcrumbs": selectors.category_breadcrumbs(category["id"]) if category else [],
+            "subcategories": subcategories,
+            "query": query,
+            "sort": sort,
+            "sorts": [("name", "Name"), ("popular", "Popular"), ("newest", "Newest")],
+            "base_query": urlencode(base_params),
+        },
+    )
+
+
+def product_detail(request: HttpRequest, product_id: int, slug: str = "") -> HttpResponse:
+    product = selectors.product_detail(product_id)
+    if product is None:
+        raise Http404("No such product.")
+    if slug != product["slug"]:
+        return redirect(
+            reverse("product-detail", kwargs={"product_id": product_id, "slug": product["slug"]}),
+            permanent=True,
+        )
+    return render(request, "catalog/product_detail.html", {"product": product})

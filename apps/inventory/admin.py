@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from apps.inventory.models import Stock
+from apps.inventory.services import stock_receive
+
+
+class StockForm(forms.ModelForm):
+    receive = forms.IntegerField(
+        min_value=1,
+        required=False,
+        help_text="Units received now; added to received and available. "
+        "Counts are never edited directly: the sum must always add up.",
+    )
+
+    class Meta:
+        model = Stock
+        fields = ["sku"]
+
+
+@admin.register(Stock)
+class StockAdmin(admin.ModelAdmin):
+    form = StockForm
+    list_display = ["sku", "received", "available", "reserved", "sold", "updated_at"]
+    search_fields = ["sku__code", "sku__product__name"]
+    list_select_related = ["sku"]
+    autocomplete_fields = ["sku"]
+    readonly_fields = ["received", "available", "reserved", "sold", "updated_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Stock | None = None) -> list[str]:
+        return [*self.readonly_fields, "sku"] if obj else list(self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: Stock, form: Any, change: bool) -> None:
+        if not change:
+            obj.save()
+        quantity = form.cleaned_data.get("receive")
+        if quantity:
+            stock_receive(sku_id=obj.sku_id, quantity=quantity)
+            obj.refresh_from_db()

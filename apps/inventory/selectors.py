@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.conf import settings
+
+from apps.inventory.models import Stock
+from shop.cache import cache_get_many, cache_set_many
+
+
+def _availability_key(sku_id: int) -> str:
+    return f"avail:{sku_id}"
+
+
+def stock_available_many(sku_ids: Sequence[int]) -> dict[int, int]:
+    """Units available per SKU, for display. Cached for AVAILABILITY_CACHE_TTL seconds.
+
+    Display only: checkout reserves against the database, which stays the truth. SKUs without
+    a stock row have 0. One cache round trip, plus at most one query for the misses.
+    """
+    ids = list(dict.fromkeys(sku_ids))
+    if not ids:
+        return {}
+    keys = {sku_id: _availability_key(sku_id) for sku_id in ids}
+    cached = cache_get_many(list(keys.values()))
+    result = {sku_id: cached[key] for sku_id, key in keys.items() if key in cached}
+    missing = [sku_id for sku_id in ids if sku_id not in result]
+    if missing:
+        loaded = dict(Stock.objects.filter(sku_id__in=missing).values_list("sku_id", "available"))
+        fresh = {sku_id: loaded.get(sku_id, 0) for sku_id in missing}
+        cache_set_many(
+            {keys[sku_id]: units for sku_id, units in fresh.items()},
+            ttl=settings.AVAILABILITY_CACHE_TTL,
+        )
+        result.update(fresh)
+    return result

@@ -1,0 +1,304 @@
+"""Settings for every profile. ``test.py`` and ``production.py`` only override.
+
+Everything is read from environment variables (see ``.env.example``). With none set, this is
+the *embedded default*: SQLite files under ``var/``, a local-memory cache and eager Celery, so a
+newcomer needs nothing but Python. Setting DATABASE_URL / ORDER_SHARD_URLS / REDIS_URL /
+CELERY_BROKER_URL selects the *services profile* (PostgreSQL, Redis, RabbitMQ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.env import default_shard_map, env, parse_shard_map, shard_aliases
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(env("SHOP_VAR_DIR", default=str(BASE_DIR / "var")))
+
+# A key that is obviously for development; production.py refuses to start with it.
+DEV_SECRET_KEY = "django-insecure-shop-development-key-never-use-in-production"  # noqa: S105
+SECRET_KEY = env("SECRET_KEY", default=DEV_SECRET_KEY)
+DEBUG = env.bool("DEBUG", default=True)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "shop",
+    "apps.users",
+    "apps.catalog",
+    "apps.inventory",
+    "apps.orders",
+    "apps.payments",
+    "apps.reconciliation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees exceptions from every view: ShopError and "database unavailable"
+    # become the API error body or a friendly page, never a stack trace.
+    "shop.errors.ShopErrorMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "apps.catalog.context_processors.storefront",
+            ],
+        },
+    },
+]
+
+# --- Databases -----------------------------------------------------------------------------
+# `default` holds users, catalog, inventory, ledger, reconciliation. Orders live on the order
+# shards `orders_0 … orders_{N-1}`, one per URL in ORDER_SHARD_URLS.
+EMBEDDED_ORDER_SHARDS = 2  # two SQLite shard files, so sharding is exercised even in dev
+# Seconds a PostgreSQL connection attempt may take: /readyz and requests fail fast (503)
+# instead of hanging a worker when a database host is unreachable.
+DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=3)
+# Persistent connections: a sale's request rate would otherwise pay a connect per request.
+DB_CONN_MAX_AGE = env.int("DB_CONN_MAX_AGE", default=60)
+
+
+def _database(url: str) -> dict:
+    config = env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        config["OPTIONS"] = {
+            # WAL lets readers proceed during a write; IMMEDIATE takes the write lock at BEGIN so
+            # concurrent writers queue (up to `timeout`) instead of failing with "locked".
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    else:
+        config.setdefault("OPTIONS", {})["connect_timeout"] = DB_CONNECT_TIMEOUT
+        config["CONN_MAX_AGE"] = DB_CONN_MAX_AGE
+        config["CONN_HEALTH_CHECKS"] = True
+    return config
+
+
+DATABASE_URL = env("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'default.sqlite3'}"
+ORDER_SHARD_URLS = env.list("ORDER_SHARD_URLS", default=[]) or [
+    f"sqlite:///{VAR_DIR / f'orders_{i}.sqlite3'}" for i in range(EMBEDDED_ORDER_SHARDS)
+]
+ORDER_SHARD_ALIASES = shard_aliases(len(ORDER_SHARD_URLS))
+DATABASES = {"default": _database(DATABASE_URL)}
+for _alias, _url in zip(ORDER_SHARD_ALIASES, ORDER_SHARD_URLS, strict=True):
+    DATABASES[_alias] = _database(_url)
+
+# Logical shards are fixed for the life of the data: order ids carry their logical shard.
+# 64 gives room to spread over up to 64 PostgreSQL servers without ever rehashing.
+LOGICAL_SHARD_COUNT = env.int("LOGICAL_SHARD_COUNT", default=64)
+# Where each logical shard lives, e.g. "0-31=orders_0,32-63=orders_1". Unset: contiguous ranges
+# over the configured aliases. Pin it explicitly before adding shards to a live system.
+ORDER_SHARD_MAP_SPEC = env("ORDER_SHARD_MAP", default="")
+ORDER_SHARD_MAP = (
+    parse_shard_map(ORDER_SHARD_MAP_SPEC, LOGICAL_SHARD_COUNT, ORDER_SHARD_ALIASES)
+    if ORDER_SHARD_MAP_SPEC
+    else default_shard_map(LOGICAL_SHARD_COUNT, ORDER_SHARD_ALIASES)
+)
+DATABASE_ROUTERS = ["shop.sharding.router.ShardRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache ----------------------------------------------------------------------------------
+REDIS_URL = env("REDIS_URL", default="")
+# Redis answers in well under a millisecond; half a second means it is sick. Failing fast lets
+# the catalog fall back to the database instead of stalling every worker.
+CACHE_SOCKET_TIMEOUT = env.float("CACHE_SOCKET_TIMEOUT", default=0.5)
+# Bumped when the shape of cached values changes, so a deploy never reads old-format entries.
+CACHE_SCHEMA_VERSION = env.int("CACHE_SCHEMA_VERSION", default=1)
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="shop"),
+            "VERSION": CACHE_SCHEMA_VERSION,
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": CACHE_SOCKET_TIMEOUT,
+                "SOCKET_TIMEOUT": CACHE_SOCKET_TIMEOUT,
+            },
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "shop-embedded",
+            "VERSION": CACHE_SCHEMA_VERSION,
+            "OPTIONS": {"MAX_ENTRIES": 50_000},
+        }
+    }
+
+# Cache-aside policy (shop.cache). Catalog data changes rarely and every write invalidates it
+# after commit, so the TTL only bounds the damage of a missed invalidation.
+CATALOG_CACHE_TTL = env.int("CATALOG_CACHE_TTL", default=30 * 60)
+# ±10 %: keys written together (a preheat, a deploy) must not all expire in the same second.
+CACHE_TTL_JITTER = env.float("CACHE_TTL_JITTER", default=0.10)
+# "Not found" is cached briefly: long enough to absorb a scan of missing ids, short enough that
+# a product created a minute later shows up even if its invalidation was lost.
+CACHE_MISS_TTL = env.int("CACHE_MISS_TTL", default=60)
+# The single loader of a cold key holds this lock; longer than any sane catalog query.
+CACHE_LOCK_TTL = env.float("CACHE_LOCK_TTL", default=10.0)
+# Readers waiting for that loader give up and load themselves after this long: slower, but
+# never an error because one loader died.
+CACHE_LOCK_WAIT = env.float("CACHE_LOCK_WAIT", default=3.0)
+# After a cache error this process skips the cache for this long, so a dead Redis costs one
+# failed call per few seconds rather than one per request.
+CACHE_DOWN_BACKOFF = env.float("CACHE_DOWN_BACKOFF", default=5.0)
+# Version keys outlive every value written under them (preheat writes up to a few hours).
+CACHE_VERSION_TTL = env.int("CACHE_VERSION_TTL", default=24 * 3600)
+# Stock shown on pages is display-only (checkout reserves against the database), so a few
+# seconds of staleness buys a hot product page that does not query stock on every view.
+AVAILABILITY_CACHE_TTL = env.int("AVAILABILITY_CACHE_TTL", default=3)
+# preheat_cache default TTL: an hour covers the run-up to a sale.
+PREHEAT_TTL = env.int("PREHEAT_TTL", default=60 * 60)
+# How many listing pages per category preheat_cache warms (the first pages take the traffic).
+PREHEAT_LISTING_PAGES = env.int("PREHEAT_LISTING_PAGES", default=3)
+
+# Storefront and API page sizes.
+CATALOG_PAGE_SIZE = env.int("CATALOG_PAGE_SIZE", default=24)
+API_MAX_PAGE_SIZE = env.int("API_MAX_PAGE_SIZE", default=100)
+HOME_HOT_PRODUCTS = 8
+
+# Retry-After (seconds) on a 503 when a dependency is down: long enough not to hammer it.
+SERVICE_UNAVAILABLE_RETRY_AFTER = env.int("SERVICE_UNAVAILABLE_RETRY_AFTER", default=5)
+
+# Sessions in the database: a Redis outage must not log every buyer out or break login.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+# --- Celery ---------------------------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="")
+# No broker configured: run tasks in-process so the embedded default needs nothing else.
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = True
+if not CELERY_BROKER_URL:
+    CELERY_BROKER_URL = "memory://"
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=3.0)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = env("SHOP_TIME_ZONE", default="UTC")
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Every queue the worker process consumes (Procfile). Later issues add their queues here.
+CELERY_WORKER_QUEUES = ["default"]
+# Retry invalidations that could not reach the cache; bounds staleness after a Redis blip.
+CACHE_INVALIDATION_RETRY_SECONDS = env.int("CACHE_INVALIDATION_RETRY_SECONDS", default=30)
+CELERY_BEAT_SCHEDULE = {
+    "cache-invalidations-retry": {
+        "task": "shop.tasks.cache_invalidations_retry",
+        "schedule": float(CACHE_INVALIDATION_RETRY_SECONDS),
+    },
+}
+
+# --- Auth, i18n, static ---------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "storefront-login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+LANGUAGE_CODE = "en-us"
+# The business day (reconciliation, reports) is counted in this zone.
+TIME_ZONE = env("SHOP_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from the app folders: no collectstatic step for dev, tests or benchmarks.
+# production.py switches to hashed, compressed files built by collectstatic.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- API ------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "EXCEPTION_HANDLER": "shop.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "shop.api_schema.ShopAutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Shop API",
+    "DESCRIPTION": "Catalog, checkout, payments. Errors are {code, detail}; see API.md.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Metrics, logging, e-mail ---------------------------------------------------------------
+# /metrics answers staff sessions, or `Authorization: Bearer <METRICS_TOKEN>` when set.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="shop@localhost")
+
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "readable": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "readable"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "celery": {"level": "WARNING"},
+    },
+}
+
+# True when every service of the services profile is configured (not whether it is reachable).
+SERVICES_PROFILE = (
+    DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    and bool(REDIS_URL)
+    and not CELERY_TASK_ALWAYS_EAGER
+)

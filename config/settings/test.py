@@ -1,0 +1,25 @@
+"""Test settings: the profile chosen by the environment, tuned for a fast, quiet suite."""
+
+from config.settings.base import *  # noqa: F403
+from config.settings.base import CACHES
+
+DEBUG = False
+# Hashing passwords slowly is a feature in production and a cost in tests.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "root": {"handlers": ["null"], "level": "WARNING"},
+}
+# Tests share one Redis with whoever else uses it: keep their keys apart.
+CACHES["default"]["KEY_PREFIX"] = "shop-test"
+WHITENOISE_AUTOREFRESH = False
+
+# SQLite test databases as files, not shared-cache memory: shared-cache SQLite locks whole
+# tables, so the suite's concurrent readers would fail with "table is locked" instead of
+# waiting. Files get WAL and the busy timeout from base.py.
+for _alias, _db in DATABASES.items():  # noqa: F405
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db["TEST"] = {"NAME": str(VAR_DIR / f"test_{_alias}.sqlite3")}  # noqa: F405

@@ -1,0 +1,42 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.catalog import api as catalog_api
+from apps.users import api as users_api
+from shop import health, metrics
+
+admin.site.site_header = "Shop operations"
+admin.site.site_title = "Shop admin"
+
+api_v1 = [
+    path("auth/register/", users_api.UserRegisterApi.as_view(), name="api-register"),
+    path("auth/token/", users_api.UserTokenApi.as_view(), name="api-token"),
+    path("products/", catalog_api.ProductListApi.as_view(), name="api-product-list"),
+    path(
+        "products/<int:product_id>/",
+        catalog_api.ProductDetailApi.as_view(),
+        name="api-product-detail",
+    ),
+    path("categories/", catalog_api.CategoryListApi.as_view(), name="api-category-list"),
+    path(
+        "categories/<str:slug>/",
+        catalog_api.CategoryDetailApi.as_view(),
+        name="api-category-detail",
+    ),
+]
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("accounts/", include("apps.users.urls")),
+    path("", include("apps.catalog.urls")),
+]
+
+handler404 = "shop.errors.handler404"
+handler500 = "shop.errors.handler500"

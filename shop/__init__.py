@@ -1,0 +1,1 @@
+"""The platform kernel: mechanisms with no business nouns. Never imports from ``apps``."""

@@ -1,0 +1,335 @@
+"""Cache-aside reads that stay correct and keep serving when the cache misbehaves.
+
+* **Versioned keys.** A value is stored under ``key@v1.v2`` where each ``v`` is the current
+  version of a *group* it belongs to (``product:42``, ``catalog:listing``). Invalidation bumps
+  a group's version after the writing transaction commits; readers then look up a new key. A
+  reader that loaded old data just before the commit writes it under the old version, which
+  nobody reads again, so a committed edit is never served stale.
+* **Jittered TTLs** (±``CACHE_TTL_JITTER``) so keys written together do not expire together.
+* **Stampede protection.** On a miss, one caller takes an owned lock and loads; the others wait
+  for its value (up to ``CACHE_LOCK_WAIT``, then load themselves rather than fail).
+* **Negative caching.** A loader returning ``None`` ("not found") is cached for
+  ``CACHE_MISS_TTL`` so scans of missing ids do not reach the database.
+* **Cache down ⇒ database.** Any cache error is logged, counted and answered from the loader;
+  the process then skips the cache for ``CACHE_DOWN_BACKOFF`` seconds. Invalidations that
+  cannot reach the cache are written to the database and retried by a periodic task.
+* **No caching inside a write transaction.** A read in the middle of a transaction may see
+  uncommitted data; it is answered from the database and never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
+
+from shop.locks import OwnedLock
+from shop.metrics import CACHE_ERRORS, CACHE_LOADS, CACHE_LOOKUPS
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a broken or unreachable cache raises (django-redis wraps most in ConnectionInterrupted).
+CACHE_BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionInterrupted,
+    RedisError,
+    OSError,
+)
+
+# Stored in place of a value the loader did not find. A plain string survives every serializer.
+_NOT_FOUND = "\x00shop-cache:not-found"
+_MISS = object()
+
+
+class CacheUnavailable(Exception):
+    """The cache backend failed; the caller should answer from the source of truth."""
+
+
+class _CacheHealth:
+    """This process's view of whether the cache answers. Local on purpose: it only decides
+    whether *this* process spends time trying the cache; nothing shared depends on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_until = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_down(self, operation: str, exc: BaseException) -> None:
+        CACHE_ERRORS.labels(operation).inc()
+        with self._lock:
+            first = self.available()
+            self.down_until = time.monotonic() + settings.CACHE_DOWN_BACKOFF
+        if first:
+            logger.warning(
+                "cache unavailable during %s (%s: %s); serving from the database for %.0f s",
+                operation,
+                type(exc).__name__,
+                exc,
+                settings.CACHE_DOWN_BACKOFF,
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self.down_until = 0.0
+
+
+_health = _CacheHealth()
+
+
+def cache_available() -> bool:
+    return _health.available()
+
+
+def cache_health_reset() -> None:
+    """Forget a previous cache failure (tests, and after an operator fixed Redis)."""
+    _health.reset()
+
+
+def _call(operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except CACHE_BACKEND_ERRORS as exc:
+        _health.mark_down(operation, exc)
+        raise CacheUnavailable(operation) from exc
+
+
+def jittered_ttl(ttl: float) -> int:
+    """``ttl`` seconds spread uniformly over ±CACHE_TTL_JITTER, at least 1."""
+    spread = settings.CACHE_TTL_JITTER
+    return max(1, round(ttl * random.uniform(1 - spread, 1 + spread)))  # noqa: S311
+
+
+def _version_key(group: str) -> str:
+    return f"ver:{group}"
+
+
+def _fresh_version() -> int:
+    # Nanoseconds since the epoch: a version re-created after eviction or a flush never equals
+    # an older one, so values written under the old version can never be read again.
+    return time.time_ns()
+
+
+def group_versions(groups: Sequence[str]) -> list[int]:
+    """Current versions of ``groups``, creating missing ones. Raises CacheUnavailable."""
+    if not groups:
+        return []
+    keys = [_version_key(group) for group in groups]
+    found = _call("get_versions", cache.get_many, keys)
+    versions = []
+    for key in keys:
+        version = found.get(key)
+        if version is None:
+            _call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL)
+            version = _call("get_version", cache.get, key) or _fresh_version()
+        versions.append(int(version))
+    return versions
+
+
+def _bump(group: str) -> None:
+    key = _version_key(group)
+    try:
+        _call("bump_version", cache.incr, key)
+    except ValueError:
+        # No version yet: any fresh one invalidates. Lost a race to a reader creating it? Bump.
+        if not _call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL):
+            _call("bump_version", cache.incr, key)
+
+
+def groups_bump(groups: Iterable[str]) -> list[str]:
+    """Invalidate everything stored under ``groups`` now. Returns the groups it could not reach
+    (the cache was down); those are recorded for :func:`pending_invalidations_retry`."""
+    failed = []
+    for group in groups:
+        try:
+            _bump(group)
+        except CacheUnavailable:
+            failed.append(group)
+    if failed:
+        from shop.models import PendingInvalidation
+
+        PendingInvalidation.objects.bulk_create(
+            [PendingInvalidation(group=group) for group in failed], ignore_conflicts=True
+        )
+        logger.warning("cache invalidation deferred for %d group(s): %s", len(failed), failed[:5])
+    return failed
+
+
+def invalidate_on_commit(*groups: str, using: str = "default") -> None:
+    """Invalidate ``groups`` once the current transaction on ``using`` commits (now if none).
+
+    A rolled-back transaction invalidates nothing, so it neither evicts nor lets a reader
+    repopulate the cache with data that never existed.
+    """
+    frozen = tuple(groups)
+    transaction.on_commit(lambda: groups_bump(frozen), using=using)
+
+
+def pending_invalidations_retry() -> int:
+    """Bump every group whose invalidation could not reach the cache. Returns how many."""
+    from shop.models import PendingInvalidation
+
+    done = 0
+    for pending in PendingInvalidation.objects.order_by("id")[:1000]:
+        try:
+            _bump(pending.group)
+        except CacheUnavailable:
+            break
+        pending.delete()
+        done += 1
+    return done
+
+
+def _in_write_transaction(using: str) -> bool:
+    # The test runner wraps each test in atomic blocks marked `_from_testcase`; those are not
+    # application transactions, so caching behaves in tests as it does in production.
+    connection = transaction.get_connection(using)
+    return any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
+
+
+def versioned_key(key: str, groups: Sequence[str]) -> str:
+    versions = group_versions(groups)
+    return f"{key}@{'.'.join(str(v) for v in versions)}" if versions else key
+
+
+def _unwrap(value: Any) -> Any:
+    return None if value == _NOT_FOUND else value
+
+
+def cache_fetch(
+    key: str,
+    loader: Callable[[], T | None],
+    *,
+    ttl: float,
+    groups: Sequence[str] = (),
+    miss_ttl: float | None = None,
+    namespace: str = "",
+    using: str = "default",
+) -> T | None:
+    """The cached value of ``key``, loading it at most once per process group on a miss.
+
+    ``loader`` returns the value, or None for "does not exist" (cached for ``miss_ttl``, default
+    CACHE_MISS_TTL). Never raises because of the cache: on any cache failure the loader's
+    answer is returned.
+    """
+    if not _health.available() or _in_write_transaction(using):
+        CACHE_LOOKUPS.labels("bypass").inc()
+        return loader()
+    try:
+        full_key = versioned_key(key, groups)
+        value = _call("get", cache.get, full_key, _MISS)
+    except CacheUnavailable:
+        CACHE_LOOKUPS.labels("bypass").inc()
+        return loader()
+    if value is not _MISS:
+        CACHE_LOOKUPS.labels("hit").inc()
+        return _unwrap(value)
+    CACHE_LOOKUPS.labels("miss").inc()
+    miss_ttl = settings.CACHE_MISS_TTL if miss_ttl is None else miss_ttl
+    return _unwrap(_fill_once(full_key, loader, ttl=ttl, miss_ttl=miss_ttl, namespace=namespace))
+
+
+def _fill_once(
+    full_key: str,
+    loader: Callable[[], Any],
+    *,
+    ttl: float,
+    miss_ttl: float,
+    namespace: str,
+) -> Any:
+    lock = OwnedLock(f"fill:{full_key}", ttl=settings.CACHE_LOCK_TTL)
+    deadline = time.monotonic() + settings.CACHE_LOCK_WAIT
+    delay = 0.002
+    try:
+        while True:
+            if _call("lock", lock.acquire):
+                try:
+                    # Double-check: the previous holder may have stored it since our miss.
+                    value = _call("get", cache.get, full_key, _MISS)
+                    if value is _MISS:
+                        value = _load_and_store(full_key, loader, ttl, miss_ttl, namespace)
+                    return value
+                finally:
+                    _release_quietly(lock)
+            if time.monotonic() >= deadline:
+                logger.info("gave up waiting for the loader of %s; loading directly", full_key)
+                return _load(loader, namespace)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            value = _call("get", cache.get, full_key, _MISS)
+            if value is not _MISS:
+                return value
+    except CacheUnavailable:
+        return _load(loader, namespace)
+
+
+def _load(loader: Callable[[], Any], namespace: str) -> Any:
+    CACHE_LOADS.labels(namespace or "other").inc()
+    value = loader()
+    return _NOT_FOUND if value is None else value
+
+
+def _load_and_store(
+    full_key: str, loader: Callable[[], Any], ttl: float, miss_ttl: float, namespace: str
+) -> Any:
+    value = _load(loader, namespace)
+    timeout = jittered_ttl(miss_ttl if value == _NOT_FOUND else ttl)
+    with contextlib.suppress(CacheUnavailable):  # logged and counted; the caller gets the value
+        _call("set", cache.set, full_key, value, timeout)
+    return value
+
+
+def _release_quietly(lock: OwnedLock) -> None:
+    with contextlib.suppress(CacheUnavailable):  # the lock expires on its own after its TTL
+        _call("unlock", lock.release)
+
+
+def versions_snapshot(groups: Iterable[str]) -> dict[str, int]:
+    """Current versions of ``groups``. Take it *before* loading what you will store with
+    :func:`cache_put_many`: if a write commits in between, the value lands under the old
+    version and is never read. Raises CacheUnavailable."""
+    unique = sorted(set(groups))
+    return dict(zip(unique, group_versions(unique), strict=True))
+
+
+def cache_put_many(
+    entries: dict[str, tuple[Sequence[str], Any]], *, ttl: float, versions: dict[str, int]
+) -> int:
+    """Store values under versioned keys (preheat). ``entries`` maps a key to
+    ``(groups, value)``; ``versions`` comes from :func:`versions_snapshot` taken before the
+    values were loaded. Each value gets its own jittered TTL. Raises CacheUnavailable."""
+    for key, (groups, value) in entries.items():
+        suffix = ".".join(str(versions[group]) for group in groups)
+        full_key = f"{key}@{suffix}" if groups else key
+        _call("set", cache.set, full_key, value, jittered_ttl(ttl))
+    return len(entries)
+
+
+def cache_get_many(keys: Sequence[str]) -> dict[str, Any]:
+    """Plain multi-get for short-lived, unversioned values; {} when the cache is down."""
+    if not keys or not _health.available():
+        return {}
+    try:
+        return _call("get_many", cache.get_many, list(keys))
+    except CacheUnavailable:
+        return {}
+
+
+def cache_set_many(values: dict[str, Any], *, ttl: float) -> None:
+    """Plain multi-set for short-lived, unversioned values; silently skipped when down."""
+    if not values or not _health.available():
+        return
+    with contextlib.suppress(CacheUnavailable):
+        _call("set_many", cache.set_many, values, max(1, round(ttl)))
