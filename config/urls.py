@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.catalog import api as catalog_api
+from apps.catalog import pages as catalog_pages
 from apps.users import api as users_api
 from shop import health, metrics
 
@@ -12,10 +13,14 @@ admin.site.site_title = "Shop admin"
 api_v1 = [
     path("auth/register/", users_api.UserRegisterApi.as_view(), name="api-register"),
     path("auth/token/", users_api.UserTokenApi.as_view(), name="api-token"),
-    path("products/", catalog_api.ProductListApi.as_view(), name="api-product-list"),
+    path(
+        "products/",
+        catalog_pages.shared_listing(catalog_api.ProductListApi.as_view()),
+        name="api-product-list",
+    ),
     path(
         "products/<int:product_id>/",
-        catalog_api.ProductDetailApi.as_view(),
+        catalog_pages.shared_page(catalog_api.ProductDetailApi.as_view()),
         name="api-product-detail",
     ),
     path("categories/", catalog_api.CategoryListApi.as_view(), name="api-category-list"),

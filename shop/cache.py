@@ -98,7 +98,7 @@ def cache_health_reset() -> None:
     _health.reset()
 
 
-def _call(operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def cache_call(operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except CACHE_BACKEND_ERRORS as exc:
@@ -112,7 +112,7 @@ def jittered_ttl(ttl: float) -> int:
     return max(1, round(ttl * random.uniform(1 - spread, 1 + spread)))  # noqa: S311
 
 
-def _version_key(group: str) -> str:
+def version_key(group: str) -> str:
     return f"ver:{group}"
 
 
@@ -126,26 +126,26 @@ def group_versions(groups: Sequence[str]) -> list[int]:
     """Current versions of ``groups``, creating missing ones. Raises CacheUnavailable."""
     if not groups:
         return []
-    keys = [_version_key(group) for group in groups]
-    found = _call("get_versions", cache.get_many, keys)
+    keys = [version_key(group) for group in groups]
+    found = cache_call("get_versions", cache.get_many, keys)
     versions = []
     for key in keys:
         version = found.get(key)
         if version is None:
-            _call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL)
-            version = _call("get_version", cache.get, key) or _fresh_version()
+            cache_call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL)
+            version = cache_call("get_version", cache.get, key) or _fresh_version()
         versions.append(int(version))
     return versions
 
 
 def _bump(group: str) -> None:
-    key = _version_key(group)
+    key = version_key(group)
     try:
-        _call("bump_version", cache.incr, key)
+        cache_call("bump_version", cache.incr, key)
     except ValueError:
         # No version yet: any fresh one invalidates. Lost a race to a reader creating it? Bump.
-        if not _call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL):
-            _call("bump_version", cache.incr, key)
+        if not cache_call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL):
+            cache_call("bump_version", cache.incr, key)
 
 
 def groups_bump(groups: Iterable[str]) -> list[str]:
@@ -229,7 +229,7 @@ def cache_fetch(
         return loader()
     try:
         full_key = versioned_key(key, groups)
-        value = _call("get", cache.get, full_key, _MISS)
+        value = cache_call("get", cache.get, full_key, _MISS)
     except CacheUnavailable:
         CACHE_LOOKUPS.labels("bypass").inc()
         return loader()
@@ -254,10 +254,10 @@ def _fill_once(
     delay = 0.002
     try:
         while True:
-            if _call("lock", lock.acquire):
+            if cache_call("lock", lock.acquire):
                 try:
                     # Double-check: the previous holder may have stored it since our miss.
-                    value = _call("get", cache.get, full_key, _MISS)
+                    value = cache_call("get", cache.get, full_key, _MISS)
                     if value is _MISS:
                         value = _load_and_store(full_key, loader, ttl, miss_ttl, namespace)
                     return value
@@ -268,7 +268,7 @@ def _fill_once(
                 return _load(loader, namespace)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-            value = _call("get", cache.get, full_key, _MISS)
+            value = cache_call("get", cache.get, full_key, _MISS)
             if value is not _MISS:
                 return value
     except CacheUnavailable:
@@ -287,13 +287,13 @@ def _load_and_store(
     value = _load(loader, namespace)
     timeout = jittered_ttl(miss_ttl if value == _NOT_FOUND else ttl)
     with contextlib.suppress(CacheUnavailable):  # logged and counted; the caller gets the value
-        _call("set", cache.set, full_key, value, timeout)
+        cache_call("set", cache.set, full_key, value, timeout)
     return value
 
 
 def _release_quietly(lock: OwnedLock) -> None:
     with contextlib.suppress(CacheUnavailable):  # the lock expires on its own after its TTL
-        _call("unlock", lock.release)
+        cache_call("unlock", lock.release)
 
 
 def versions_snapshot(groups: Iterable[str]) -> dict[str, int]:
@@ -313,7 +313,7 @@ def cache_put_many(
     for key, (groups, value) in entries.items():
         suffix = ".".join(str(versions[group]) for group in groups)
         full_key = f"{key}@{suffix}" if groups else key
-        _call("set", cache.set, full_key, value, jittered_ttl(ttl))
+        cache_call("set", cache.set, full_key, value, jittered_ttl(ttl))
     return len(entries)
 
 
@@ -322,7 +322,7 @@ def cache_get_many(keys: Sequence[str]) -> dict[str, Any]:
     if not keys or not _health.available():
         return {}
     try:
-        return _call("get_many", cache.get_many, list(keys))
+        return cache_call("get_many", cache.get_many, list(keys))
     except CacheUnavailable:
         return {}
 
@@ -332,4 +332,4 @@ def cache_set_many(values: dict[str, Any], *, ttl: float) -> None:
     if not values or not _health.available():
         return
     with contextlib.suppress(CacheUnavailable):
-        _call("set_many", cache.set_many, values, max(1, round(ttl)))
+        cache_call("set_many", cache.set_many, values, max(1, round(ttl)))

@@ -136,7 +136,24 @@ ADJECTIVES = [
     "Horizon",
 ]
 QUALITIES = ["Classic", "Pro", "Lite", "Max", "Plus", "Air", "Essential", "Studio", "Sport", "Mini"]
-PLACEHOLDER_IMAGES = 12
+# Which placeholder pictures (static/img/products/p<N>.svg) suit each leaf category.
+LEAF_IMAGES = {
+    "Phones": [10],
+    "Laptops": [10, 0],
+    "Audio": [4, 3],
+    "Cookware": [6],
+    "Furniture": [9, 1],
+    "Lighting": [8],
+    "Men": [11, 0],
+    "Women": [1, 0],
+    "Shoes": [11],
+    "Fitness": [5, 0],
+    "Camping": [7],
+    "Cycling": [5, 7],
+    "Fiction": [2],
+    "Non-fiction": [2],
+    "Music": [3],
+}
 
 
 @dataclass
@@ -182,7 +199,7 @@ def demo_catalog_seed(*, products: int, seed: int) -> SeedResult:
         variant_count = rng.randint(1, min(4, len(values)))
         stock_levels = [rng.choice([0, 3, 5, 12, 25, 50, 100, 200]) for _ in range(variant_count)]
         hotness = int(rng.paretovariate(1.2) * 10)
-        image = rng.randrange(PLACEHOLDER_IMAGES)
+        image = rng.choice(LEAF_IMAGES.get(leaf.name, [0]))
         if slug in existing:
             continue
         product = Product(

@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before sessions and auth: a shared page for an anonymous reader is answered here.
+    "shop.pagecache.PageCacheMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -182,6 +184,14 @@ CACHE_VERSION_TTL = env.int("CACHE_VERSION_TTL", default=24 * 3600)
 # Stock shown on pages is display-only (checkout reserves against the database), so a few
 # seconds of staleness buys a hot product page that does not query stock on every view.
 AVAILABILITY_CACHE_TTL = env.int("AVAILABILITY_CACHE_TTL", default=3)
+# Whole pages shared by anonymous readers (shop.pagecache) show stock too, so they live no
+# longer than the stock figures; edits still invalidate them at once through their groups.
+PAGE_CACHE_TTL = env.int("PAGE_CACHE_TTL", default=AVAILABILITY_CACHE_TTL)
+# Paths whose anonymous GETs are looked up in the page cache (views still opt in to storing).
+# Empty disables the page cache.
+PAGE_CACHE_PATHS = env("PAGE_CACHE_PATHS", default=r"^/(products/.*|api/v1/products/.*)?$")
+# Any catalog write bumps one of these, retiring every shared page built before it.
+PAGE_CACHE_GROUPS = ["catalog:listing", "catalog:categories"]
 # preheat_cache default TTL: an hour covers the run-up to a sale.
 PREHEAT_TTL = env.int("PREHEAT_TTL", default=60 * 60)
 # How many listing pages per category preheat_cache warms (the first pages take the traffic).

@@ -1,0 +1,88 @@
+"""Catalog read benchmark (issue: foundation).
+
+Under gunicorn (2 sync workers, services profile, cache preheated): requests/s and p50/p99 for
+the product detail and product list pages (and their API twins), each as a ratio to a trivial
+view (/healthz) served by the same gunicorn in the same run.
+
+    python bench/catalog_read.py [--seconds 15] [--connections 8]
+
+Needs the local PostgreSQL, Redis and RabbitMQ of the services profile, and wrk (falls back to
+a slower Python load generator when wrk is not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import bench_env, gunicorn, load, manage, print_table, save  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--products", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
+    args = parser.parse_args()
+
+    env = bench_env()
+    print("preparing: migrate, seed, preheat ...", flush=True)
+    manage("migrate_all", env=env)
+    manage("seed_demo", "--products", str(args.products), env=env)
+    print(manage("preheat_cache", "--all", "--no-progress", env=env).strip())
+    product = json.loads(
+        manage(
+            "shell",
+            "-c",
+            "import json; from apps.catalog.selectors import products_hot;"
+            " p = products_hot(limit=1)[0]; print(json.dumps({'id': p['id'], 'slug': p['slug']}))",
+            env=env,
+        ).strip().splitlines()[-1]
+    )
+
+    with gunicorn(env, workers=2, threads=args.threads) as base:
+        targets = [
+            ("trivial view (/healthz)", "/healthz"),
+            ("product detail page", f"/products/{product['id']}/{product['slug']}/"),
+            ("product list page", "/products/"),
+            ("API product detail", f"/api/v1/products/{product['id']}/"),
+            ("API product list", "/api/v1/products/"),
+        ]
+        results = []
+        for name, path in targets:
+            print(f"loading {name} ...", flush=True)
+            results.append(
+                load(name, base + path, seconds=args.seconds, connections=args.connections)
+            )
+
+    # The same pages rendered per request from the cached product documents: what the
+    # document cache alone gives when the shared page cache cannot be used (logged-in
+    # buyers, or PAGE_CACHE_PATHS emptied).
+    with gunicorn(bench_env(PAGE_CACHE_PATHS=""), workers=2, threads=args.threads) as base:
+        for name, path in targets[:3]:
+            label = f"{name}, no page cache" if path != "/healthz" else "trivial view, 2nd server"
+            print(f"loading {label} ...", flush=True)
+            results.append(
+                load(label, base + path, seconds=args.seconds, connections=args.connections)
+            )
+
+    baseline = results[0]
+    print_table(results, baseline)
+    detail_ratio = results[1].rps / baseline.rps
+    print(
+        f"\ncached product detail page = {detail_ratio:.2f}× the trivial view "
+        f"(target ≥ 0.60×) on {platform.node()}, {args.connections} connections, "
+        f"{args.seconds} s each, load tool {baseline.tool}"
+    )
+    path = save("catalog_read", {"results": results, "args": vars(args)})
+    print(f"raw results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+
+
+if __name__ == "__main__":
+    main()
