@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_env, gunicorn, load, manage, print_table, save  # noqa: E402
+from bench.common import bench_env, gunicorn, load, manage, print_table, save
 
 
 def main() -> None:
@@ -43,7 +43,9 @@ def main() -> None:
             "import json; from apps.catalog.selectors import products_hot;"
             " p = products_hot(limit=1)[0]; print(json.dumps({'id': p['id'], 'slug': p['slug']}))",
             env=env,
-        ).strip().splitlines()[-1]
+        )
+        .strip()
+        .splitlines()[-1]
     )
 
     with gunicorn(env, workers=2, threads=args.threads) as base:
@@ -81,7 +83,9 @@ def main() -> None:
         f"{args.seconds} s each, load tool {baseline.tool}"
     )
     path = save("catalog_read", {"results": results, "args": vars(args)})
-    print(f"raw results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    print(
+        f"raw results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}"
+    )
 
 
 if __name__ == "__main__":

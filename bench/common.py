@@ -87,7 +87,7 @@ def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 1) -> Iter
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:  # noqa: S310
+                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -151,7 +151,7 @@ def _python_load(name: str, url: str, seconds: int, connections: int) -> LoadRes
         while time.monotonic() < stop:
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=10) as response:
                     response.read()
                     ok = 200 <= response.status < 400
             except OSError:
@@ -190,7 +190,9 @@ def load(name: str, url: str, *, seconds: int = 15, connections: int = 8) -> Loa
 
 
 def print_table(results: list[LoadResult], baseline: LoadResult) -> None:
-    print(f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'× trivial':>11}")
+    print(
+        f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'× trivial':>11}"
+    )
     for result in results:
         ratio = result.rps / baseline.rps if baseline.rps else float("nan")
         print(

@@ -144,7 +144,9 @@ def _bump(group: str) -> None:
         cache_call("bump_version", cache.incr, key)
     except ValueError:
         # No version yet: any fresh one invalidates. Lost a race to a reader creating it? Bump.
-        if not cache_call("add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL):
+        if not cache_call(
+            "add_version", cache.add, key, _fresh_version(), settings.CACHE_VERSION_TTL
+        ):
             cache_call("bump_version", cache.incr, key)
 
 
