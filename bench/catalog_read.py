@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import bench_env, gunicorn, load, manage, print_table, save
+
+
+def _announce(targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    for name, _ in targets:
+        print(f"  will load: {name}", flush=True)
+    return targets
 
 
 def main() -> None:
@@ -56,32 +61,31 @@ def main() -> None:
             ("API product detail", f"/api/v1/products/{product['id']}/"),
             ("API product list", "/api/v1/products/"),
         ]
-        results = []
-        for name, path in targets:
-            print(f"loading {name} ...", flush=True)
-            results.append(
-                load(name, base + path, seconds=args.seconds, connections=args.connections)
-            )
+        with_page_cache = [
+            load(name, base + path, seconds=args.seconds, connections=args.connections)
+            for name, path in _announce(targets)
+        ]
 
     # The same pages rendered per request from the cached product documents: what the
     # document cache alone gives when the shared page cache cannot be used (logged-in
     # buyers, or PAGE_CACHE_PATHS emptied).
     with gunicorn(bench_env(PAGE_CACHE_PATHS=""), workers=2, threads=args.threads) as base:
-        for name, path in targets[:3]:
-            label = f"{name}, no page cache" if path != "/healthz" else "trivial view, 2nd server"
-            print(f"loading {label} ...", flush=True)
-            results.append(
-                load(label, base + path, seconds=args.seconds, connections=args.connections)
-            )
+        without = [
+            load(f"{name} (no page cache)", base + path, seconds=args.seconds,
+                 connections=args.connections)
+            for name, path in _announce(targets[:3])
+        ]  # fmt: skip
 
-    baseline = results[0]
-    print_table(results, baseline)
-    detail_ratio = results[1].rps / baseline.rps
-    print(
-        f"\ncached product detail page = {detail_ratio:.2f}× the trivial view "
-        f"(target ≥ 0.60×) on {platform.node()}, {args.connections} connections, "
-        f"{args.seconds} s each, load tool {baseline.tool}"
+    print_table(
+        [(r, with_page_cache[0]) for r in with_page_cache] + [(r, without[0]) for r in without]
     )
+    ratio = with_page_cache[1].rps / with_page_cache[0].rps
+    print(
+        f"\ncached product detail page = {ratio:.2f}x the trivial view (target >= 0.60x); "
+        f"{args.connections} connections, {args.seconds} s each, gunicorn 2 workers x "
+        f"{args.threads} thread(s), load tool {with_page_cache[0].tool}"
+    )
+    results = with_page_cache + without
     path = save("catalog_read", {"results": results, "args": vars(args)})
     print(
         f"raw results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}"

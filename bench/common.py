@@ -189,15 +189,14 @@ def load(name: str, url: str, *, seconds: int = 15, connections: int = 8) -> Loa
     return runner(name, url, seconds, connections)
 
 
-def print_table(results: list[LoadResult], baseline: LoadResult) -> None:
-    print(
-        f"\n{'scenario':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'× trivial':>11}"
-    )
-    for result in results:
+def print_table(rows: list[tuple[LoadResult, LoadResult]]) -> None:
+    """Each row is (result, the trivial view measured on the same server in this run)."""
+    print(f"\n{'scenario':<40}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x trivial':>11}")
+    for result, baseline in rows:
         ratio = result.rps / baseline.rps if baseline.rps else float("nan")
         print(
-            f"{result.name:<28}{result.rps:>10.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
-            f"{result.errors:>8}{ratio:>10.2f}×"
+            f"{result.name:<40}{result.rps:>8.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
+            f"{result.errors:>8}{ratio:>10.2f}x"
         )
 
 

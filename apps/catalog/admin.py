@@ -3,6 +3,7 @@ commit through the catalog services, so shoppers never see an edit late."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -60,15 +61,52 @@ class CategoryTreeFilter(admin.SimpleListFilter):
         return queryset.filter(category_id__in=wanted)
 
 
+class CatalogWritesAdmin(admin.ModelAdmin):
+    """Deletes and bulk (de)activation of rows that belong to products, invalidating those
+    products after the admin's transaction commits."""
+
+    product_id_field: str
+    noun: str
+    set_active: Callable[[list[int], bool], int]
+    actions = ["activate", "deactivate"]
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        product_id = getattr(obj, self.product_id_field)
+        super().delete_model(request, obj)
+        services.catalog_changed(product_ids=[product_id])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        product_ids = list(queryset.values_list(self.product_id_field, flat=True))
+        super().delete_queryset(request, queryset)
+        services.catalog_changed(product_ids=product_ids)
+
+    def _set_active(self, request: HttpRequest, queryset: QuerySet, active: bool) -> None:
+        count = self.set_active(list(queryset.values_list("id", flat=True)), active)
+        verb = "activated" if active else "deactivated"
+        self.message_user(request, f"{count} {self.noun}(s) {verb}.", messages.SUCCESS)
+
+    @admin.action(description="Activate selected %(verbose_name_plural)s")
+    def activate(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set_active(request, queryset, True)
+
+    @admin.action(description="Deactivate selected %(verbose_name_plural)s")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set_active(request, queryset, False)
+
+
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(CatalogWritesAdmin):
+    product_id_field = "id"
+    noun = "product"
+    set_active = staticmethod(
+        lambda ids, active: services.products_set_active(product_ids=ids, active=active)
+    )
     list_display = ["name", "category", "is_active", "hotness", "sku_count", "price_range"]
     list_filter = ["is_active", CategoryTreeFilter, "created_at"]
     search_fields = ["name", "slug", "skus__code"]
     list_select_related = ["category"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [SkuInline, ProductImageInline]
-    actions = ["activate", "deactivate"]
     readonly_fields = ["created_at", "updated_at"]
     list_per_page = 50
 
@@ -100,68 +138,24 @@ class ProductAdmin(admin.ModelAdmin):
         # Runs inside the admin's transaction: the product, its SKUs and images are saved.
         services.catalog_changed(product_ids=[form.instance.pk])
 
-    def delete_model(self, request: HttpRequest, obj: Product) -> None:
-        product_id = obj.pk
-        super().delete_model(request, obj)
-        services.catalog_changed(product_ids=[product_id])
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        ids = list(queryset.values_list("id", flat=True))
-        super().delete_queryset(request, queryset)
-        services.catalog_changed(product_ids=ids)
-
-    @admin.action(description="Activate selected products")
-    def activate(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = services.products_set_active(
-            product_ids=list(queryset.values_list("id", flat=True)), active=True
-        )
-        self.message_user(request, f"{count} product(s) activated.", messages.SUCCESS)
-
-    @admin.action(description="Deactivate selected products")
-    def deactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = services.products_set_active(
-            product_ids=list(queryset.values_list("id", flat=True)), active=False
-        )
-        self.message_user(request, f"{count} product(s) deactivated.", messages.SUCCESS)
-
 
 @admin.register(Sku)
-class SkuAdmin(admin.ModelAdmin):
+class SkuAdmin(CatalogWritesAdmin):
+    product_id_field = "product_id"
+    noun = "SKU"
+    set_active = staticmethod(
+        lambda ids, active: services.skus_set_active(sku_ids=ids, active=active)
+    )
     list_display = ["code", "product", "price", "currency", "is_active"]
     list_filter = ["is_active", "currency"]
     search_fields = ["code", "product__name"]
     list_select_related = ["product"]
     autocomplete_fields = ["product"]
-    actions = ["activate", "deactivate"]
 
     def save_model(self, request: HttpRequest, obj: Sku, form: Any, change: bool) -> None:
         previous_product_id = form.initial.get("product") if change else None
         super().save_model(request, obj, form, change)
         services.catalog_changed(product_ids=[obj.product_id, *filter(None, [previous_product_id])])
-
-    def delete_model(self, request: HttpRequest, obj: Sku) -> None:
-        product_id = obj.product_id
-        super().delete_model(request, obj)
-        services.catalog_changed(product_ids=[product_id])
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        ids = list(queryset.values_list("product_id", flat=True))
-        super().delete_queryset(request, queryset)
-        services.catalog_changed(product_ids=ids)
-
-    @admin.action(description="Activate selected SKUs")
-    def activate(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = services.skus_set_active(
-            sku_ids=list(queryset.values_list("id", flat=True)), active=True
-        )
-        self.message_user(request, f"{count} SKU(s) activated.", messages.SUCCESS)
-
-    @admin.action(description="Deactivate selected SKUs")
-    def deactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = services.skus_set_active(
-            sku_ids=list(queryset.values_list("id", flat=True)), active=False
-        )
-        self.message_user(request, f"{count} SKU(s) deactivated.", messages.SUCCESS)
 
 
 @admin.register(Category)

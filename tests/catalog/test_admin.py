@@ -114,3 +114,20 @@ def test_non_staff_cannot_use_the_admin(client):
     response = client.get("/admin/catalog/product/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+@pytest.mark.django_db
+def test_bulk_deactivating_skus_removes_them_from_the_product(
+    operator_client, django_capture_on_commit_callbacks
+):
+    product = product_with_skus(skus=3)
+    first = product.skus.order_by("price").first()
+    assert len(selectors.product_detail(product.id)["skus"]) == 3
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator_client.post(
+            "/admin/catalog/sku/", {"action": "deactivate", "_selected_action": [first.id]}
+        )
+    assert response.status_code == 302
+    codes = [sku["code"] for sku in selectors.product_detail(product.id)["skus"]]
+    assert first.code not in codes
+    assert len(codes) == 2
