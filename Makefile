@@ -49,7 +49,7 @@ test-services:
 services-run: install
 	set -a && . ./.env.services && set +a && \
 	  $(PY) manage.py migrate_all && $(PY) manage.py seed_demo && \
-	  $(VENV)/bin/honcho start
+	  PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/honcho start
 
 bench: install
 	$(PY) bench/catalog_read.py

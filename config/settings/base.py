@@ -302,7 +302,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        "celery": {"level": "WARNING"},
+        "celery": {"level": LOG_LEVEL},
     },
 }
 
