@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.catalog import api as catalog_api
 from apps.catalog import pages as catalog_pages
+from apps.orders import api as orders_api
 from apps.users import api as users_api
 from shop import health, metrics
 
@@ -24,6 +25,13 @@ api_v1 = [
         name="api-product-detail",
     ),
     path("categories/", catalog_api.CategoryListApi.as_view(), name="api-category-list"),
+    path("orders/", orders_api.OrderCollectionApi.as_view(), name="api-orders"),
+    path("orders/<int:order_id>/", orders_api.OrderDetailApi.as_view(), name="api-order-detail"),
+    path(
+        "orders/<int:order_id>/cancel/",
+        orders_api.OrderCancelApi.as_view(),
+        name="api-order-cancel",
+    ),
     path(
         "categories/<str:slug>/",
         catalog_api.CategoryDetailApi.as_view(),
@@ -40,6 +48,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("accounts/", include("apps.users.urls")),
+    path("", include("apps.orders.urls")),
     path("", include("apps.catalog.urls")),
 ]
 

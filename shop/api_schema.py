@@ -19,7 +19,11 @@ class ShopAutoSchema(AutoSchema):
         return outer.removesuffix("Api") + inner.removesuffix("Serializer")
 
     def get_operation_id(self) -> str:
-        """``ProductListApi`` → ``product_list``: unique, and stable across URL changes."""
-        name = type(self.view).__name__.removesuffix("Api")
+        """``ProductListApi`` → ``product_list``: unique, and stable across URL changes. Named
+        after the class that defines the handler, so a view combining two operations on one
+        path (``OrderCollectionApi``) keeps both names."""
+        handler = getattr(self.view, self.method.lower(), None)
+        owner = handler.__qualname__.split(".")[0] if handler else type(self.view).__name__
+        name = owner.removesuffix("Api")
         snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
         return snake if self.method in ("GET", "POST") else f"{snake}_{self.method.lower()}"

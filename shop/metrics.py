@@ -56,3 +56,11 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if not _authorized(request):
         return HttpResponse("metrics are for staff or a bearer token\n", status=403)
     return HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+REVIEW_ITEMS_FILED = Counter(
+    "shop_manual_review_items_filed_total", "Items filed for operators to review", ["kind"]
+)
+DEAD_LETTERS = Counter(
+    "shop_dead_letters_total", "Tasks that failed and went to a dead-letter queue", ["queue"]
+)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
+
+from shop.sharding import sharded
 
 
 class PendingInvalidation(models.Model):
@@ -18,3 +22,144 @@ class PendingInvalidation(models.Model):
 
     def __str__(self) -> str:
         return self.group
+
+
+@sharded
+class IdSequence(models.Model):
+    """The id sequence on shards that have no native sequence (SQLite, embedded profile)."""
+
+    name = models.CharField(max_length=40, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+@sharded
+class OutboxMessage(models.Model):
+    """A task to publish, written in the same shard transaction as the change that causes it.
+
+    The relay publishes it after commit (fast path) or on its periodic sweep; delivery is at
+    least once, and the task receives ``message_id`` to deduplicate.
+    """
+
+    user_id = models.BigIntegerField(help_text="Shard key: whose change caused the message.")
+    task = models.CharField(max_length=200)
+    kwargs = models.JSONField(default=dict)
+    queue = models.CharField(max_length=100)
+    available_at = models.DateTimeField(help_text="Not published before this time.")
+    countdown = models.PositiveIntegerField(default=0, help_text="Seconds, passed to Celery.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["available_at", "id"],
+                name="shop_outbox_unpublished",
+                condition=Q(published_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} #{self.pk}"
+
+
+@sharded
+class ProcessedMessage(models.Model):
+    """A message a consumer has applied; recorded in the same transaction as its effect."""
+
+    user_id = models.BigIntegerField()
+    consumer = models.CharField(max_length=100)
+    message_id = models.CharField(max_length=100)
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user_id", "consumer", "message_id"], name="shop_processed_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer}:{self.message_id}"
+
+
+@sharded
+class IdempotencyRecord(models.Model):
+    """One ``Idempotency-Key`` of one buyer: in flight (owned by a token until locked_until),
+    then completed with the response to replay. Completed in the same transaction as the
+    effect it guards."""
+
+    class Status(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        COMPLETED = "completed"
+
+    user_id = models.BigIntegerField()
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.IN_FLIGHT)
+    owner_token = models.CharField(max_length=32)
+    locked_until = models.DateTimeField()
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user_id", "key"], name="shop_idempotency_key_once")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="shop_idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key} ({self.status})"
+
+
+class ManualReviewItem(models.Model):
+    """Something the shop could not settle by itself and an operator must look at."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        ASSIGNED = "assigned"
+        RESOLVED = "resolved"
+
+    kind = models.CharField(max_length=60, help_text="e.g. order_processing")
+    reference = models.CharField(max_length=100, help_text="e.g. the order id")
+    summary = models.CharField(max_length=300)
+    details = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    resolution_note = models.TextField(blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One open item per problem: a redelivered "file it" has no second effect.
+            models.UniqueConstraint(
+                fields=["kind", "reference"],
+                condition=~Q(status="resolved"),
+                name="shop_review_one_open_per_reference",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.reference}: {self.summary}"

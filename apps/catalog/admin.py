@@ -17,7 +17,7 @@ from apps.catalog.models import Category, Product, ProductImage, Sku
 class SkuInline(admin.TabularInline):
     model = Sku
     extra = 0
-    fields = ["code", "attributes", "price", "currency", "is_active"]
+    fields = ["code", "attributes", "price", "currency", "per_user_limit", "is_active"]
     show_change_link = True
 
 
@@ -146,7 +146,7 @@ class SkuAdmin(CatalogWritesAdmin):
     set_active = staticmethod(
         lambda ids, active: services.skus_set_active(sku_ids=ids, active=active)
     )
-    list_display = ["code", "product", "price", "currency", "is_active"]
+    list_display = ["code", "product", "price", "currency", "per_user_limit", "is_active"]
     list_filter = ["is_active", "currency"]
     search_fields = ["code", "product__name"]
     list_select_related = ["product"]

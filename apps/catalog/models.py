@@ -65,6 +65,12 @@ class Sku(models.Model):
     )
     currency = models.CharField(max_length=3, default="EUR", validators=[currency_validator])
     is_active = models.BooleanField(default=True)
+    per_user_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Most units one buyer may order across their open and paid orders; "
+        "empty means no limit.",
+    )
 
     class Meta:
         ordering = ["product_id", "price", "code"]

@@ -166,6 +166,7 @@ def _product_document(product: Product, *, full: bool) -> dict[str, Any]:
             "attributes": sku.attributes,
             "price": sku.price,
             "currency": sku.currency,
+            "per_user_limit": sku.per_user_limit,
         }
         for sku in product.skus.all()
     ]
@@ -250,6 +251,46 @@ def products_for_cache(product_ids: Iterable[int]) -> list[dict[str, Any]]:
         id__in=list(product_ids), is_active=True, category_id__in=_visible_category_ids()
     ).order_by("id")
     return [_product_document(p, full=True) for p in _products_with_relations(queryset)]
+
+
+# --- Checkout ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkuForCheckout:
+    id: int
+    code: str
+    product_id: int
+    name: str
+    price: int
+    currency: str
+    sellable: bool
+    per_user_limit: int | None
+
+
+def skus_for_checkout(codes: Iterable[str]) -> dict[str, SkuForCheckout]:
+    """Current price and state of SKUs by code, read from the database (never the cache: an
+    order snapshots the price the buyer pays). Unknown codes are simply absent."""
+    visible = set(_visible_category_ids())
+    rows = Sku.objects.filter(code__in=list(codes)).select_related("product")
+    return {
+        sku.code: SkuForCheckout(
+            id=sku.id,
+            code=sku.code,
+            product_id=sku.product_id,
+            name=_sku_display_name(sku),
+            price=sku.price,
+            currency=sku.currency,
+            sellable=sku.is_active and sku.product.is_active and sku.product.category_id in visible,
+            per_user_limit=sku.per_user_limit,
+        )
+        for sku in rows
+    }
+
+
+def _sku_display_name(sku: Sku) -> str:
+    details = ", ".join(f"{value}" for value in sku.attributes.values()) if sku.attributes else ""
+    return f"{sku.product.name} ({details})" if details else sku.product.name
 
 
 # --- Listings ----------------------------------------------------------------------------------

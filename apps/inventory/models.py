@@ -36,3 +36,39 @@ class Stock(models.Model):
 
     def __str__(self) -> str:
         return f"stock of SKU {self.sku_id}: {self.available} available"
+
+
+class Reservation(models.Model):
+    """Units of one SKU held for one order until it is paid (committed) or not (released)."""
+
+    class Status(models.TextChoices):
+        HELD = "held"
+        RELEASED = "released"
+        COMMITTED = "committed"
+
+    order_id = models.BigIntegerField(db_index=True)
+    user_id = models.BigIntegerField()
+    sku = models.ForeignKey("catalog.Sku", on_delete=models.PROTECT, related_name="+")
+    quantity = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.HELD)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["order_id", "sku"], name="inventory_one_line_per_sku"),
+            models.CheckConstraint(
+                condition=Q(quantity__gt=0), name="inventory_reservation_quantity_positive"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["expires_at"],
+                name="inventory_held_by_expiry",
+                condition=Q(status="held"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} × SKU {self.sku_id} for order {self.order_id} ({self.status})"

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from django.conf import settings
 
-from apps.inventory.models import Stock
+from apps.inventory.models import Reservation, Stock
 from shop.cache import cache_get_many, cache_set_many
 
 
@@ -34,3 +35,23 @@ def stock_available_many(sku_ids: Sequence[int]) -> dict[int, int]:
         )
         result.update(fresh)
     return result
+
+
+def reservations_held_expired(*, before: datetime, limit: int = 500) -> list[int]:
+    """Ids of orders whose reservations are still held though they expired before ``before``."""
+    return list(
+        Reservation.objects.filter(status=Reservation.Status.HELD, expires_at__lt=before)
+        .order_by("expires_at")
+        .values_list("order_id", flat=True)
+        .distinct()[:limit]
+    )
+
+
+def reservation_states(order_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The reservation statuses of each order (for audits)."""
+    states: dict[int, set[str]] = {}
+    for order_id, status in Reservation.objects.filter(order_id__in=order_ids).values_list(
+        "order_id", "status"
+    ):
+        states.setdefault(order_id, set()).add(status)
+    return states

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class OrdersConfig(AppConfig):
     name = "apps.orders"
     label = "orders"
+
+    def ready(self) -> None:
+        from apps.orders import checks  # noqa: F401  (registers the system checks)

@@ -225,15 +225,75 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = env("SHOP_TIME_ZONE", default="UTC")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Every queue the worker process consumes (Procfile). Later issues add their queues here.
-CELERY_WORKER_QUEUES = ["default"]
+# Queues. The worker process consumes all of them (Procfile).
+NOTIFICATIONS_QUEUE = "notifications"
+ORDER_PROCESSING_QUEUE = "order.processing"
+ORDER_PROCESSING_DLQ = "order.processing.dlq"
+CELERY_WORKER_QUEUES = [
+    "default",
+    NOTIFICATIONS_QUEUE,
+    ORDER_PROCESSING_QUEUE,
+    ORDER_PROCESSING_DLQ,
+]
+CELERY_TASK_ROUTES = {
+    "apps.orders.tasks.order_process": {"queue": ORDER_PROCESSING_QUEUE},
+    "apps.orders.tasks.order_dead_letter": {"queue": ORDER_PROCESSING_DLQ},
+    "apps.orders.tasks.order_placed_notify": {"queue": NOTIFICATIONS_QUEUE},
+}
+# RabbitMQ's consumer_timeout (30 min by default): a late-acked message held longer than this
+# (an ETA/countdown task) makes the broker close the channel. Every countdown stays below it.
+BROKER_CONSUMER_TIMEOUT = env.int("BROKER_CONSUMER_TIMEOUT", default=30 * 60)
 # Retry invalidations that could not reach the cache; bounds staleness after a Redis blip.
 CACHE_INVALIDATION_RETRY_SECONDS = env.int("CACHE_INVALIDATION_RETRY_SECONDS", default=30)
+
+# --- Orders -----------------------------------------------------------------------------------
+# How long checkout holds stock for an unpaid order: long enough to pay, short enough that a
+# flash sale's abandoned carts go back on sale quickly.
+ORDER_RESERVATION_TTL = env.int("ORDER_RESERVATION_TTL", default=15 * 60)
+# Per line and per order bounds: a typo of 1000 must not empty a warehouse.
+ORDER_LINE_MAX_QUANTITY = env.int("ORDER_LINE_MAX_QUANTITY", default=10)
+ORDER_MAX_LINES = env.int("ORDER_MAX_LINES", default=20)
+ORDER_EXPIRY_SWEEP_SECONDS = env.int("ORDER_EXPIRY_SWEEP_SECONDS", default=60)
+# A reservation whose order was never written (a crash mid-checkout) is released this long
+# after its expiry by the sweep.
+ORPHAN_RESERVATION_GRACE = env.int("ORPHAN_RESERVATION_GRACE", default=60)
+# Processing: 1 attempt + this many re-queues from the dead-letter queue, then manual review.
+ORDER_PROCESSING_MAX_RETRIES = env.int("ORDER_PROCESSING_MAX_RETRIES", default=3)
+# Delay before a dead letter is re-queued: gives a flaky dependency time to recover.
+DEAD_LETTER_RETRY_DELAY = env.int("DEAD_LETTER_RETRY_DELAY", default=60)
+# One loyalty point per this many minor units paid (1 point per euro).
+LOYALTY_MINOR_UNITS_PER_POINT = env.int("LOYALTY_MINOR_UNITS_PER_POINT", default=100)
+
+# What "retry now" does for each kind of manual-review item.
+MANUAL_REVIEW_RETRY = {"order_processing": "apps.orders.services.order_review_retry"}
+# Checks run by `manage.py audit_invariants` (each yields violation messages).
+AUDIT_CHECKS = ["apps.inventory.audit.stock_violations", "apps.orders.audit.order_violations"]
+
+# --- Idempotency and outbox -------------------------------------------------------------------
+# An in-flight key is owned this long; a crashed owner's key is taken over afterwards.
+# Longer than any checkout takes, short enough that a buyer's retry is not blocked for long.
+IDEMPOTENCY_LOCK_TTL = env.int("IDEMPOTENCY_LOCK_TTL", default=30)
+# Keys are remembered for a day (clients retry within minutes; Stripe keeps 24 h too).
+IDEMPOTENCY_RECORD_TTL = env.int("IDEMPOTENCY_RECORD_TTL", default=24 * 3600)
+# The relay sweeps unpublished outbox rows this often (the fast path usually wins).
+OUTBOX_RELAY_SECONDS = env.int("OUTBOX_RELAY_SECONDS", default=5)
+OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=200)
+# After a failed publish a process skips the fast path this long (the relay retries).
+OUTBOX_BROKER_BACKOFF = env.float("OUTBOX_BROKER_BACKOFF", default=5.0)
+OUTBOX_KEEP_PUBLISHED_DAYS = env.int("OUTBOX_KEEP_PUBLISHED_DAYS", default=7)
+
 CELERY_BEAT_SCHEDULE = {
     "cache-invalidations-retry": {
         "task": "shop.tasks.cache_invalidations_retry",
         "schedule": float(CACHE_INVALIDATION_RETRY_SECONDS),
     },
+    "orders-expire-sweep": {
+        "task": "apps.orders.tasks.orders_expire_sweep",
+        "schedule": float(ORDER_EXPIRY_SWEEP_SECONDS),
+    },
+    "outbox-relay": {"task": "shop.tasks.outbox_relay", "schedule": float(OUTBOX_RELAY_SECONDS)},
+    "idempotency-cleanup": {"task": "shop.tasks.idempotency_cleanup", "schedule": 3600.0},
+    "outbox-purge": {"task": "shop.tasks.outbox_purge", "schedule": 24 * 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
@@ -289,6 +349,9 @@ SPECTACULAR_SETTINGS = {
 # /metrics answers staff sessions, or `Authorization: Bearer <METRICS_TOKEN>` when set.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="shop@localhost")
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

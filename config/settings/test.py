@@ -1,12 +1,13 @@
 """Test settings: the profile chosen by the environment, tuned for a fast, quiet suite."""
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import CACHES
+from config.settings.base import CACHES, env
 
 DEBUG = False
 # Hashing passwords slowly is a feature in production and a cost in tests.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# In-memory mail, unless a test runs a worker against its own SMTP server.
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -39,8 +39,9 @@ class ShardRouter:
         self, db: str, app_label: str, model_name: str | None = None, **hints: Any
     ) -> bool:
         if model_name is None:
-            # RunPython/RunSQL without a model: only where the app's tables live. Apps with
-            # sharded models put such operations on the shards by naming a model in hints.
+            # RunPython/RunSQL: on the shards when hinted `shards=True`, else on `default`.
+            if hints.get("shards"):
+                return db in settings.ORDER_SHARD_ALIASES
             return db == "default"
         if is_sharded_label(app_label, model_name):
             return db in settings.ORDER_SHARD_ALIASES

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Prefetch, QuerySet
+
+from apps.orders.models import Order, OrderEvent, OrderLine
+from shop.sharding import shard_for_id, shard_for_user
+from shop.sharding.ids import id_is_plausible
+
+
+def _with_lines(queryset: QuerySet[Order]) -> QuerySet[Order]:
+    return queryset.prefetch_related(Prefetch("lines", queryset=OrderLine.objects.order_by("id")))
+
+
+def order_get(*, order_id: int, user_id: int | None = None) -> Order | None:
+    """An order with its lines, from the shard its id names; None if it does not exist or (with
+    ``user_id``) belongs to someone else — callers answer 404 either way."""
+    if not id_is_plausible(order_id):
+        return None
+    alias = shard_for_id(order_id)
+    queryset = Order.objects.using(alias).filter(id=order_id)
+    if user_id is not None:
+        queryset = queryset.filter(user_id=user_id)
+    return _with_lines(queryset).first()
+
+
+def order_events(order: Order) -> list[OrderEvent]:
+    return list(OrderEvent.objects.using(order._state.db).filter(order=order).order_by("id"))
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    items: list[Order]
+    count: int
+    page: int
+    page_size: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.page * self.page_size < self.count
+
+
+def orders_for_user(*, user_id: int, page: int = 1, page_size: int = 20) -> OrderPage:
+    """A buyer's orders, newest first, from their shard (3 queries whatever the page size)."""
+    queryset = Order.objects.using(shard_for_user(user_id)).filter(user_id=user_id)
+    offset = (page - 1) * page_size
+    items = list(_with_lines(queryset.order_by("-id"))[offset : offset + page_size])
+    return OrderPage(items=items, count=queryset.count(), page=page, page_size=page_size)

@@ -1,0 +1,622 @@
+"""Order writes: checkout, the state machine, expiry, and fulfilment.
+
+Stock lives on `default`, orders on the buyer's shard, so no single transaction covers both.
+The order's status on its shard is the source of truth and every cross-database step is
+idempotent and repaired by the expiry sweep: a reservation whose order never got written is
+released, an expired or cancelled order's reservation is released, a paid order's is
+committed. Nothing is held across a network call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from apps.catalog.selectors import SkuForCheckout, skus_for_checkout
+from apps.inventory.exceptions import ReservationReleased
+from apps.inventory.selectors import reservation_states, reservations_held_expired
+from apps.inventory.services import stock_commit, stock_release, stock_reserve
+from apps.orders.exceptions import (
+    CheckoutInvalid,
+    FulfilmentFailed,
+    InvalidOrderState,
+    OrderNotFound,
+    PurchaseLimitExceeded,
+)
+from apps.orders.locks import buyer_checkout_lock
+from apps.orders.models import (
+    FulfilmentStep,
+    LoyaltyEntry,
+    Order,
+    OrderEvent,
+    OrderLine,
+    OrderStatus,
+)
+from shop.metrics import DEAD_LETTERS
+from shop.outbox import consume_once, outbox_enqueue
+from shop.review import review_file
+from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
+from shop.sharding.ids import id_generate, id_is_plausible
+
+logger = logging.getLogger(__name__)
+
+S = OrderStatus
+# Legal transitions; anything else is refused with `invalid_state`.
+TRANSITIONS: dict[str, set[str]] = {
+    S.PENDING_PAYMENT: {S.PAID, S.CANCELLED, S.EXPIRED},
+    S.PAID: {S.PROCESSING, S.REFUNDED, S.PARTIALLY_REFUNDED},
+    S.PROCESSING: {S.FULFILLED, S.REFUNDED, S.PARTIALLY_REFUNDED},
+    S.FULFILLED: {S.REFUNDED, S.PARTIALLY_REFUNDED},
+    S.PARTIALLY_REFUNDED: {S.REFUNDED, S.PARTIALLY_REFUNDED},
+}
+# Statuses in which an order's units count as the buyer's (per-user limits).
+HOLDING_STATUSES = [S.PENDING_PAYMENT, S.PAID, S.PROCESSING, S.FULFILLED]
+SYSTEM = "system"
+
+PROCESS_TASK = "apps.orders.tasks.order_process"
+DEAD_LETTER_TASK = "apps.orders.tasks.order_dead_letter"
+PLACED_NOTIFY_TASK = "apps.orders.tasks.order_placed_notify"
+
+
+def user_actor(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+# --- Checkout ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckoutLine:
+    sku: SkuForCheckout
+    quantity: int
+
+    @property
+    def total(self) -> int:
+        return self.sku.price * self.quantity
+
+
+def _checkout_lines(items: Sequence[dict[str, Any]]) -> list[CheckoutLine]:
+    """Validate requested items against the live catalog; raise with every problem at once."""
+    if not items:
+        raise CheckoutInvalid("The order has no items.", extra={"fields": {"items": ["Empty."]}})
+    if len(items) > settings.ORDER_MAX_LINES:
+        raise CheckoutInvalid(
+            f"At most {settings.ORDER_MAX_LINES} different items per order.",
+            extra={"fields": {"items": [f"More than {settings.ORDER_MAX_LINES} lines."]}},
+        )
+    wanted: dict[str, int] = {}
+    for item in items:
+        wanted[item["sku"]] = wanted.get(item["sku"], 0) + item["quantity"]
+    skus = skus_for_checkout(wanted)
+    problems: dict[str, list[str]] = {}
+    for code, quantity in wanted.items():
+        sku = skus.get(code)
+        if sku is None or not sku.sellable:
+            problems[code] = ["This item is not for sale."]
+        elif not 1 <= quantity <= settings.ORDER_LINE_MAX_QUANTITY:
+            problems[code] = [f"Quantity must be 1 to {settings.ORDER_LINE_MAX_QUANTITY}."]
+    if problems:
+        raise CheckoutInvalid(extra={"fields": {"items": problems}})
+    currencies = {skus[code].currency for code in wanted}
+    if len(currencies) > 1:
+        raise CheckoutInvalid("All items of one order must be in one currency.")
+    return [CheckoutLine(skus[code], quantity) for code, quantity in wanted.items()]
+
+
+def _check_per_user_limits(alias: str, user_id: int, lines: Sequence[CheckoutLine]) -> None:
+    limited = {line.sku.id: line for line in lines if line.sku.per_user_limit is not None}
+    if not limited:
+        return
+    held: dict[int, int] = {}
+    for sku_id, quantity in (
+        OrderLine.objects.using(alias)
+        .filter(user_id=user_id, sku_id__in=limited, order__status__in=HOLDING_STATUSES)
+        .values_list("sku_id", "quantity")
+    ):
+        held[sku_id] = held.get(sku_id, 0) + quantity
+    for sku_id, line in limited.items():
+        if held.get(sku_id, 0) + line.quantity > line.sku.per_user_limit:
+            raise PurchaseLimitExceeded(
+                f"{line.sku.name}: at most {line.sku.per_user_limit} per buyer.",
+                extra={"sku": line.sku.code, "limit": line.sku.per_user_limit},
+            )
+
+
+def order_place(
+    *,
+    user_id: int,
+    items: Sequence[dict[str, Any]],
+    on_created: Callable[[Order], None] | None = None,
+) -> Order:
+    """Check out ``items`` ([{"sku": code, "quantity": n}]) for a buyer.
+
+    Validates against the live catalog, snapshots names and prices, reserves the stock
+    (all or nothing; OutOfStock otherwise) and writes the order (`pending_payment`, expiring
+    after ORDER_RESERVATION_TTL) on the buyer's shard. ``on_created(order)`` runs inside the
+    order's transaction (the idempotency record is completed there). If the order cannot be
+    written, the reservation is released again: no stock is held without an order.
+    """
+    lines = _checkout_lines(items)
+    alias = shard_for_user(user_id)
+    limited = any(line.sku.per_user_limit is not None for line in lines)
+    lock = buyer_checkout_lock(alias=alias, user_id=user_id) if limited else nullcontext()
+    with lock:
+        _check_per_user_limits(alias, user_id, lines)
+        # The shard is touched first: if it is down we fail here, before holding any stock.
+        order_id = id_generate(alias=alias, logical=logical_shard_for_user(user_id))
+        expires_at = timezone.now() + timedelta(seconds=settings.ORDER_RESERVATION_TTL)
+        stock_reserve(
+            order_id=order_id,
+            user_id=user_id,
+            items=[(line.sku.id, line.quantity) for line in lines],
+            expires_at=expires_at,
+        )
+        try:
+            return _order_write(alias, order_id, user_id, lines, expires_at, on_created)
+        except BaseException:
+            _release_quietly(order_id)
+            raise
+
+
+def _release_quietly(order_id: int) -> None:
+    try:
+        stock_release(order_id=order_id)
+    except DatabaseError:
+        # The expiry sweep releases reservations whose order never appeared.
+        logger.exception("could not release the reservation of unwritten order %s", order_id)
+
+
+def _order_write(
+    alias: str,
+    order_id: int,
+    user_id: int,
+    lines: Sequence[CheckoutLine],
+    expires_at: Any,
+    on_created: Callable[[Order], None] | None,
+) -> Order:
+    with transaction.atomic(using=alias):
+        order = Order.objects.using(alias).create(
+            id=order_id,
+            user_id=user_id,
+            currency=lines[0].sku.currency,
+            total=sum(line.total for line in lines),
+            expires_at=expires_at,
+        )
+        OrderLine.objects.using(alias).bulk_create(
+            [
+                OrderLine(
+                    order=order,
+                    user_id=user_id,
+                    sku_id=line.sku.id,
+                    sku_code=line.sku.code,
+                    product_id=line.sku.product_id,
+                    name=line.sku.name,
+                    unit_price=line.sku.price,
+                    quantity=line.quantity,
+                    line_total=line.total,
+                )
+                for line in lines
+            ]
+        )
+        _event(order, "created", "", S.PENDING_PAYMENT, actor=user_actor(user_id))
+        outbox_enqueue(
+            using=alias,
+            user_id=user_id,
+            task=PLACED_NOTIFY_TASK,
+            kwargs={"order_id": str(order.id)},
+            queue=settings.NOTIFICATIONS_QUEUE,
+        )
+        if on_created is not None:
+            on_created(order)
+    return order
+
+
+# --- Reading what a service needs --------------------------------------------------------------
+
+
+def _order_for_update(order_id: int) -> Order:
+    if not id_is_plausible(order_id):
+        raise OrderNotFound()
+    alias = shard_for_id(order_id)
+    order = Order.objects.using(alias).filter(id=order_id).first()
+    if order is None:
+        raise OrderNotFound()
+    return order
+
+
+def _event(
+    order: Order,
+    kind: str,
+    from_status: str,
+    to_status: str,
+    *,
+    actor: str,
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    OrderEvent.objects.using(order._state.db).create(
+        order=order,
+        user_id=order.user_id,
+        kind=kind,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor,
+        reason=reason[:300],
+        data=data or {},
+    )
+
+
+def _transition(order: Order, to: str, *, actor: str, reason: str = "", **fields: Any) -> Order:
+    """Move ``order`` to ``to`` if that is legal from its current status, atomically against
+    concurrent changes (conditional UPDATE). Must run inside a transaction on its shard."""
+    alias = order._state.db
+    current = order.status
+    if to not in TRANSITIONS.get(current, set()):
+        raise InvalidOrderState(
+            f"An order that is {current.replace('_', ' ')} cannot become {to.replace('_', ' ')}.",
+            extra={"status": current},
+        )
+    now = timezone.now()
+    changed = (
+        Order.objects.using(alias)
+        .filter(id=order.id, status=current)
+        .update(status=to, updated_at=now, **fields)
+    )
+    if not changed:
+        fresh = Order.objects.using(alias).get(id=order.id)
+        raise InvalidOrderState(
+            f"The order changed meanwhile; it is now {fresh.status.replace('_', ' ')}.",
+            extra={"status": fresh.status},
+        )
+    order.status = to
+    order.updated_at = now
+    for name, value in fields.items():
+        setattr(order, name, value)
+    _event(order, "status_changed", current, to, actor=actor, reason=reason)
+    return order
+
+
+# --- Cancel, expire, paid ---------------------------------------------------------------------
+
+
+def order_cancel(
+    *,
+    order_id: int,
+    actor: str,
+    reason: str = "",
+    owner_id: int | None = None,
+    on_cancelled: Callable[[Order], None] | None = None,
+) -> Order:
+    """Cancel an unpaid order and give its stock back. ``owner_id`` restricts it to the
+    buyer's own orders (others' answer OrderNotFound)."""
+    order = _order_for_update(order_id)
+    if owner_id is not None and order.user_id != owner_id:
+        raise OrderNotFound()
+    with transaction.atomic(using=order._state.db):
+        _transition(order, S.CANCELLED, actor=actor, reason=reason or "cancelled")
+        if on_cancelled is not None:
+            on_cancelled(order)
+    _release_quietly(order.id)
+    return order
+
+
+def order_expire(*, order_id: int) -> bool:
+    """Expire an unpaid order past its expiry and release its stock. False if it is not due
+    (paid, cancelled, or not yet expired)."""
+    order = _order_for_update(order_id)
+    if order.status != S.PENDING_PAYMENT or order.expires_at > timezone.now():
+        return False
+    try:
+        with transaction.atomic(using=order._state.db):
+            _transition(order, S.EXPIRED, actor=SYSTEM, reason="not paid in time")
+    except InvalidOrderState:
+        return False  # paid or cancelled at the same moment
+    _release_quietly(order.id)
+    return True
+
+
+def order_mark_paid(*, order_id: int, actor: str, reason: str = "payment captured") -> Order:
+    """An unpaid order is paid: commit its stock and queue its processing (outbox).
+
+    Raises InvalidOrderState unless it is `pending_payment`. If its stock was already given
+    back (it expired meanwhile) the commit raises ReservationReleased after the order is
+    paid; the payment flow decides (payments issue) — the sweep never releases a paid order.
+    """
+    order = _order_for_update(order_id)
+    alias = order._state.db
+    with transaction.atomic(using=alias):
+        _transition(order, S.PAID, actor=actor, reason=reason, paid_at=timezone.now())
+        outbox_enqueue(
+            using=alias,
+            user_id=order.user_id,
+            task=PROCESS_TASK,
+            kwargs={"order_id": str(order.id), "attempt": 1},
+            queue=settings.ORDER_PROCESSING_QUEUE,
+        )
+    try:
+        stock_commit(order_id=order.id)
+    except DatabaseError:
+        logger.exception("stock of paid order %s not committed yet; the sweep will", order.id)
+    return order
+
+
+def order_mark_fulfilled(*, order_id: int, actor: str) -> Order:
+    order = _order_for_update(order_id)
+    with transaction.atomic(using=order._state.db):
+        return _transition(order, S.FULFILLED, actor=actor, reason="shipped")
+
+
+# --- Expiry sweep -----------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    expired: int = 0
+    released_orphans: int = 0
+    committed: int = 0
+    unreachable: list[str] = field(default_factory=list)
+
+
+def orders_expire_sweep(*, limit: int = 500) -> SweepResult:
+    """Expire unpaid orders past their expiry on every shard, and repair reservations left
+    held by a crash: released if their order is gone, expired or cancelled; committed if it
+    was paid. A shard that does not answer is skipped (and reported); the others proceed."""
+    result = SweepResult()
+    now = timezone.now()
+    for alias in order_shard_aliases():
+        try:
+            due = list(
+                Order.objects.using(alias)
+                .filter(status=S.PENDING_PAYMENT, expires_at__lte=now)
+                .order_by("expires_at")
+                .values_list("id", flat=True)[:limit]
+            )
+        except DatabaseError as exc:
+            logger.warning("expiry sweep: shard %s unavailable: %s", alias, exc)
+            result.unreachable.append(alias)
+            continue
+        result.expired += sum(order_expire(order_id=order_id) for order_id in due)
+
+    grace = timedelta(seconds=settings.ORPHAN_RESERVATION_GRACE)
+    for order_id in reservations_held_expired(before=now - grace, limit=limit):
+        alias = shard_for_id(order_id)
+        if alias in result.unreachable:
+            continue
+        order = Order.objects.using(alias).filter(id=order_id).first()
+        if order is None or order.status in (S.CANCELLED, S.EXPIRED):
+            result.released_orphans += bool(stock_release(order_id=order_id))
+        elif order.status == S.PENDING_PAYMENT:
+            result.expired += order_expire(order_id=order_id)
+        else:
+            with contextlib.suppress(ReservationReleased):
+                result.committed += bool(stock_commit(order_id=order_id))
+    return result
+
+
+# --- Fulfilment ---------------------------------------------------------------------------------
+
+FULFILMENT_STEPS = ("allocation", "buyer_email", "loyalty_points")
+
+
+def _step_done(order: Order, step: str) -> bool:
+    return FulfilmentStep.objects.using(order._state.db).filter(order=order, step=step).exists()
+
+
+def _record_step(order: Order, step: str) -> None:
+    FulfilmentStep.objects.using(order._state.db).create(
+        order=order, user_id=order.user_id, step=step
+    )
+
+
+def _allocate(order: Order) -> None:
+    """Every line's units must be committed stock before the warehouse may pick them."""
+    states = reservation_states([order.id]).get(order.id, set())
+    if states == {"held"}:
+        stock_commit(order_id=order.id)  # the payment's commit did not land; finish it
+    elif states != {"committed"}:
+        raise FulfilmentFailed(
+            f"order {order.id} has no committed stock to allocate (reservations: "
+            f"{sorted(states) or 'none'})"
+        )
+    with transaction.atomic(using=order._state.db):
+        OrderLine.objects.using(order._state.db).filter(order=order).update(
+            allocated_at=timezone.now()
+        )
+        _record_step(order, "allocation")
+
+
+def _email_buyer(order: Order) -> None:
+    user = get_user_model().objects.filter(id=order.user_id).first()
+    if user is not None and user.email:
+        lines = OrderLine.objects.using(order._state.db).filter(order=order)
+        body = "\n".join(f"  {line.quantity} × {line.name}" for line in lines)
+        send_mail(
+            subject=f"Your order {order.id} is being prepared",
+            message=f"Thank you! We are preparing:\n{body}\n",
+            from_email=None,
+            recipient_list=[user.email],
+        )
+    # Recorded after sending: a crash in between sends the e-mail twice, never zero times.
+    with transaction.atomic(using=order._state.db):
+        _record_step(order, "buyer_email")
+
+
+def _credit_points(order: Order) -> None:
+    points = order.total // settings.LOYALTY_MINOR_UNITS_PER_POINT
+    with transaction.atomic(using=order._state.db):
+        LoyaltyEntry.objects.using(order._state.db).create(
+            user_id=order.user_id, order=order, points=points
+        )
+        _record_step(order, "loyalty_points")
+
+
+_STEP_ACTIONS: dict[str, Callable[[Order], None]] = {
+    "allocation": _allocate,
+    "buyer_email": _email_buyer,
+    "loyalty_points": _credit_points,
+}
+
+
+def order_fulfilment_run(*, order_id: int) -> bool:
+    """Run the fulfilment steps of a paid order, each at most once, then mark it
+    `processing`. Idempotent: a redelivered task skips what is done. Returns False when the
+    order needs nothing (not paid, or already processed)."""
+    order = _order_for_update(order_id)
+    if order.status != S.PAID:
+        return False
+    for step in FULFILMENT_STEPS:
+        if not _step_done(order, step):
+            _STEP_ACTIONS[step](order)
+    with transaction.atomic(using=order._state.db):
+        try:
+            _transition(order, S.PROCESSING, actor=SYSTEM, reason="fulfilment steps done")
+        except InvalidOrderState:
+            return False  # refunded meanwhile, or another delivery finished first
+    return True
+
+
+def order_processing_failed(*, order_id: int, error: str, attempt: int) -> None:
+    """Send a failed processing attempt to the dead-letter queue (through the outbox, so the
+    dead letter itself cannot be lost) and note it on the order."""
+    order = _order_for_update(order_id)
+    DEAD_LETTERS.labels(settings.ORDER_PROCESSING_DLQ).inc()
+    with transaction.atomic(using=order._state.db):
+        _event(
+            order,
+            "processing_failed",
+            order.status,
+            order.status,
+            actor=SYSTEM,
+            reason=error,
+            data={"attempt": attempt},
+        )
+        outbox_enqueue(
+            using=order._state.db,
+            user_id=order.user_id,
+            task=DEAD_LETTER_TASK,
+            kwargs={"order_id": str(order.id), "error": error[:2000], "attempt": attempt},
+            queue=settings.ORDER_PROCESSING_DLQ,
+        )
+
+
+def order_dead_letter_handle(
+    *, order_id: int, error: str, attempt: int, message_id: str | None
+) -> str:
+    """Alert operators, then re-queue after DEAD_LETTER_RETRY_DELAY seconds up to
+    ORDER_PROCESSING_MAX_RETRIES times, then file a manual-review item. Returns what it did.
+    A redelivered dead letter has no second effect."""
+    order = _order_for_update(order_id)
+    alias = order._state.db
+    final = attempt > settings.ORDER_PROCESSING_MAX_RETRIES
+    if final:
+        # Filed first and idempotent (one open item per order), so a crash before the
+        # consumption record below cannot lose it and a redelivery cannot double it.
+        review_file(
+            kind="order_processing",
+            reference=str(order.id),
+            summary=f"Order {order.id} failed processing {attempt} times: {error[:200]}",
+            details={"error": error, "attempts": attempt, "shard": alias},
+        )
+    with transaction.atomic(using=alias):
+        if not consume_once(
+            using=alias, user_id=order.user_id, consumer="order_dead_letter", message_id=message_id
+        ):
+            return "duplicate"
+        if not final:
+            outbox_enqueue(
+                using=alias,
+                user_id=order.user_id,
+                task=PROCESS_TASK,
+                kwargs={"order_id": str(order.id), "attempt": attempt + 1},
+                queue=settings.ORDER_PROCESSING_QUEUE,
+                countdown=settings.DEAD_LETTER_RETRY_DELAY,
+            )
+        _event(
+            order,
+            "manual_review" if final else "processing_retry_scheduled",
+            order.status,
+            order.status,
+            actor=SYSTEM,
+            reason=error,
+            data={"attempt": attempt},
+        )
+        transaction.on_commit(lambda: _alert_dead_letter(order, error, attempt, final), using=alias)
+    return "manual_review" if final else "requeued"
+
+
+def _alert_dead_letter(order: Order, error: str, attempt: int, final: bool) -> None:
+    what = "sent to manual review" if final else "will be retried"
+    logger.error("dead letter: order %s processing attempt %s failed (%s); %s",
+                 order.id, attempt, error, what)  # fmt: skip
+    staff = list(
+        get_user_model()
+        .objects.filter(is_staff=True, is_active=True)
+        .exclude(email="")
+        .values_list("email", flat=True)
+    )
+    if staff:
+        send_mail(
+            subject=f"[shop] order {order.id} processing failed (attempt {attempt})",
+            message=f"Order {order.id} on {order._state.db}: {error}\nIt {what}.",
+            from_email=None,
+            recipient_list=staff,
+            fail_silently=True,
+        )
+
+
+def order_processing_retry(*, order_id: int, actor: str) -> None:
+    """Operators: queue a processing attempt now (e.g. from the manual-review queue)."""
+    order = _order_for_update(order_id)
+    with transaction.atomic(using=order._state.db):
+        _event(order, "processing_retry_requested", order.status, order.status, actor=actor)
+        outbox_enqueue(
+            using=order._state.db,
+            user_id=order.user_id,
+            task=PROCESS_TASK,
+            kwargs={"order_id": str(order.id), "attempt": 1},
+            queue=settings.ORDER_PROCESSING_QUEUE,
+        )
+
+
+def order_placed_notify(*, order_id: int, message_id: str | None) -> bool:
+    """Tell the buyer their items are reserved and until when (once per message)."""
+    order = _order_for_update(order_id)
+    alias = order._state.db
+    with transaction.atomic(using=alias):
+        if not consume_once(
+            using=alias,
+            user_id=order.user_id,
+            consumer="order_placed_notify",
+            message_id=message_id,
+        ):
+            return False
+        user = get_user_model().objects.filter(id=order.user_id).first()
+        if user is not None and user.email:
+            deadline = timezone.localtime(order.expires_at).strftime("%H:%M")
+            transaction.on_commit(
+                lambda: send_mail(
+                    subject=f"Order {order.id}: your items are reserved",
+                    message=f"Please pay by {deadline}; after that the items go back on sale.",
+                    from_email=None,
+                    recipient_list=[user.email],
+                    fail_silently=True,
+                ),
+                using=alias,
+            )
+    return True
+
+
+def order_review_retry(*, item: Any, operator: Any) -> None:
+    """Manual-review "retry now" for kind `order_processing` (the reference is the order id)."""
+    order_processing_retry(order_id=int(item.reference), actor=f"operator:{operator.pk}")

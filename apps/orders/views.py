@@ -1,0 +1,184 @@
+"""Storefront: cart, checkout, order pages."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from apps.catalog.selectors import skus_for_checkout
+from apps.inventory.selectors import stock_available_many
+from apps.orders import selectors, services
+from apps.orders.cart import Cart
+from shop.errors import ShopError
+from shop.idempotency import IdempotencyConflict, Replay, idempotency_begin, request_fingerprint
+from shop.sharding import shard_for_user
+
+
+def _positive_int(value: str | None, default: int = 0) -> int:
+    try:
+        return int(value or default)
+    except ValueError:
+        return default
+
+
+def _csrf_ok(request: HttpRequest) -> bool:
+    """The CSRF check, for views that must also accept anonymous readers of a shared page.
+
+    A shared (cached) product page carries no CSRF token, and is only ever shown to a browser
+    without a session. Such a browser has no session to attack, so its add-to-cart is let
+    through; as soon as a session exists the token is required as everywhere else.
+    """
+    if settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        return True
+    return CsrfViewMiddleware(lambda r: HttpResponse()).process_view(request, None, (), {}) is None
+
+
+@csrf_exempt
+@require_POST
+def cart_add(request: HttpRequest) -> HttpResponse:
+    if not _csrf_ok(request):
+        return render(request, "errors/shop_error.html", {"status": 403, "code": "csrf",
+                      "detail": "Please reload the page and try again."}, status=403)  # fmt: skip
+    code = request.POST.get("sku", "")
+    quantity = max(1, _positive_int(request.POST.get("quantity"), 1))
+    sku = skus_for_checkout([code]).get(code)
+    if sku is None or not sku.sellable:
+        messages.error(request, "That item is not for sale.")
+        return redirect("cart")
+    try:
+        total = Cart(request.session).add(code, quantity)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Added to your cart: {sku.name} (now {total}).")
+    return redirect("cart")
+
+
+def _cart_lines(cart: Cart) -> tuple[list[dict[str, Any]], int, str | None]:
+    items = cart.items
+    skus = skus_for_checkout(items)
+    available = stock_available_many([sku.id for sku in skus.values()])
+    lines, total, currency = [], 0, None
+    for code, quantity in items.items():
+        sku = skus.get(code)
+        line = {"code": code, "quantity": quantity, "sku": sku}
+        if sku is not None and sku.sellable:
+            line.update(line_total=sku.price * quantity, available=available.get(sku.id, 0))
+            total += sku.price * quantity
+            currency = currency or sku.currency
+        lines.append(line)
+    return lines, total, currency
+
+
+def cart_view(request: HttpRequest) -> HttpResponse:
+    cart = Cart(request.session)
+    lines, total, currency = _cart_lines(cart)
+    return render(
+        request,
+        "orders/cart.html",
+        {
+            "lines": lines,
+            "total": total,
+            "currency": currency,
+            "max_quantity": settings.ORDER_LINE_MAX_QUANTITY,
+            # One key per rendered checkout form: a double click places one order.
+            "checkout_key": uuid.uuid4().hex,
+        },
+    )
+
+
+@require_POST
+def cart_update(request: HttpRequest) -> HttpResponse:
+    cart = Cart(request.session)
+    for code in list(cart.items):
+        if f"remove-{code}" in request.POST:
+            cart.set(code, 0)
+        elif f"quantity-{code}" in request.POST:
+            cart.set(code, _positive_int(request.POST.get(f"quantity-{code}")))
+    return redirect("cart")
+
+
+@login_required
+@require_POST
+def checkout(request: HttpRequest) -> HttpResponse:
+    cart = Cart(request.session)
+    if not len(cart):
+        messages.error(request, "Your cart is empty.")
+        return redirect("cart")
+    user_id = request.user.id
+    items = cart.as_order_items()
+    key = request.POST.get("checkout_key", "")[:255] or uuid.uuid4().hex
+    try:
+        outcome = idempotency_begin(
+            using=shard_for_user(user_id),
+            user_id=user_id,
+            key=f"storefront-checkout:{key}",
+            fingerprint=request_fingerprint(method="POST", path=request.path, body=items),
+        )
+        if isinstance(outcome, Replay):
+            order_id = (outcome.body or {}).get("id")
+            return redirect("order-detail", order_id=order_id) if order_id else redirect("cart")
+        order = services.order_place(
+            user_id=user_id,
+            items=items,
+            on_created=lambda order: outcome.complete(status=201, body={"id": str(order.id)}),
+        )
+    except IdempotencyConflict:
+        messages.info(request, "Your order is being placed — one moment.")
+        return redirect("order-list")
+    except ShopError as exc:
+        if not isinstance(outcome, Replay):
+            outcome.release()
+        messages.error(request, exc.message)
+        return redirect("cart")
+    cart.clear()
+    messages.success(request, "Your items are reserved. Please pay before the timer runs out.")
+    return redirect("order-detail", order_id=order.id)
+
+
+@login_required
+def order_detail(request: HttpRequest, order_id: int) -> HttpResponse:
+    order = selectors.order_get(order_id=order_id, user_id=request.user.id)
+    if order is None:
+        raise Http404("No such order.")
+    return render(
+        request,
+        "orders/order_detail.html",
+        {"order": order, "events": selectors.order_events(order)},
+    )
+
+
+@login_required
+def order_list(request: HttpRequest) -> HttpResponse:
+    page = selectors.orders_for_user(
+        user_id=request.user.id, page=max(1, _positive_int(request.GET.get("page"), 1))
+    )
+    return render(request, "orders/order_list.html", {"page": page})
+
+
+@login_required
+@require_POST
+def order_cancel(request: HttpRequest, order_id: int) -> HttpResponse:
+    try:
+        services.order_cancel(
+            order_id=order_id,
+            owner_id=request.user.id,
+            actor=services.user_actor(request.user.id),
+            reason="cancelled by the buyer",
+        )
+    except ShopError as exc:
+        if exc.http_status == 404:
+            raise Http404("No such order.") from exc
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Order cancelled; the items are back on sale.")
+    return redirect("order-detail", order_id=order_id)

@@ -1,0 +1,86 @@
+"""Operators' manual-review queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from shop.errors import ShopError
+from shop.models import ManualReviewItem
+from shop.review import review_assign, review_resolve
+
+
+class ManualReviewForm(forms.ModelForm):
+    resolve = forms.BooleanField(
+        required=False, help_text="Close this item with the note above (the note is required)."
+    )
+
+    class Meta:
+        model = ManualReviewItem
+        fields = ["resolution_note"]
+
+
+@admin.register(ManualReviewItem)
+class ManualReviewItemAdmin(admin.ModelAdmin):
+    form = ManualReviewForm
+    list_display = ["created_at", "kind", "reference", "summary", "status", "assignee"]
+    list_filter = ["status", "kind", "assignee"]
+    search_fields = ["reference", "summary"]
+    readonly_fields = [
+        "kind",
+        "reference",
+        "summary",
+        "details",
+        "status",
+        "assignee",
+        "resolved_by",
+        "resolved_at",
+        "created_at",
+    ]
+    actions = ["assign_to_me", "retry_now"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(
+        self, request: HttpRequest, obj: ManualReviewItem, form: Any, change: bool
+    ) -> None:
+        if form.cleaned_data.get("resolve"):
+            try:
+                review_resolve(item=obj, operator=request.user, note=obj.resolution_note)
+            except ShopError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            return
+        ManualReviewItem.objects.filter(id=obj.id).update(resolution_note=obj.resolution_note)
+
+    @admin.action(description="Assign selected items to me")
+    def assign_to_me(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = review_assign(
+            item_ids=list(queryset.values_list("id", flat=True)), assignee=request.user
+        )
+        self.message_user(request, f"{count} item(s) assigned to you.", messages.SUCCESS)
+
+    @admin.action(description="Retry selected items now")
+    def retry_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for item in queryset:
+            handler_path = settings.MANUAL_REVIEW_RETRY.get(item.kind)
+            if handler_path is None:
+                self.message_user(
+                    request, f"{item}: nothing to retry for {item.kind}.", messages.WARNING
+                )
+                continue
+            try:
+                import_string(handler_path)(item=item, operator=request.user)
+            except ShopError as exc:
+                self.message_user(request, f"{item.reference}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{item.reference}: queued again.", messages.SUCCESS)

@@ -1,0 +1,235 @@
+"""Idempotency keys (``Idempotency-Key`` header), kept on the buyer's shard.
+
+The first request with a key inserts an in-flight record owned by a random token for
+IDEMPOTENCY_LOCK_TTL seconds. The effect's own transaction completes the record with the
+response to replay (:meth:`IdempotencyClaim.complete`), so there is never an effect without
+its record nor a record claiming an effect that rolled back. Then:
+
+* same key, same request, completed ⇒ the first response (status and body) is replayed;
+* same key, other method, path or body ⇒ 422 ``idempotency_mismatch``;
+* same key while the first is in flight ⇒ 409 ``idempotency_conflict`` with ``Retry-After``;
+* an owner that died leaves its record in flight until ``locked_until``; the next request
+  takes it over, and the former owner can no longer complete or release it (token check).
+
+Everything lives in the database, so the guarantee holds when Redis is down. Records are
+deleted IDEMPOTENCY_RECORD_TTL after creation (:func:`idempotency_cleanup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.utils import timezone
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from shop.errors import ShopError, ValidationFailed
+from shop.models import IdempotencyRecord
+from shop.sharding import order_shard_aliases
+
+logger = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+class IdempotencyKeyRequired(ShopError):
+    code = "idempotency_key_required"
+    http_status = 400
+    default_message = "This request needs an Idempotency-Key header (1-255 printable characters)."
+
+
+class IdempotencyConflict(ShopError):
+    code = "idempotency_conflict"
+    http_status = 409
+    default_message = "A request with this Idempotency-Key is still in progress."
+
+
+class IdempotencyMismatch(ShopError):
+    code = "idempotency_mismatch"
+    http_status = 422
+    default_message = "This Idempotency-Key was used with different parameters."
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    body: Any
+
+    def response(self) -> Response:
+        return Response(self.body, status=self.status, headers={REPLAY_HEADER: "true"})
+
+
+@dataclass
+class IdempotencyClaim:
+    """Ownership of an in-flight key. Complete it inside the effect's transaction."""
+
+    using: str
+    user_id: int
+    record_id: int
+    token: str
+    finished: bool = field(default=False)
+
+    def _mine(self):
+        return IdempotencyRecord.objects.using(self.using).filter(
+            id=self.record_id,
+            owner_token=self.token,
+            status=IdempotencyRecord.Status.IN_FLIGHT,
+        )
+
+    def complete(self, *, status: int, body: Any) -> None:
+        """Store the response to replay. Must run in the effect's transaction on ``using``;
+        raises IdempotencyConflict (rolling the effect back) if the key was taken over."""
+        if not connections[self.using].in_atomic_block:
+            raise RuntimeError("complete() belongs inside the transaction of the effect")
+        updated = self._mine().update(
+            status=IdempotencyRecord.Status.COMPLETED,
+            response_status=status,
+            response_body=body,
+            completed_at=timezone.now(),
+        )
+        if not updated:
+            raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
+        self.finished = True
+
+    def fail(self, *, status: int, body: Any) -> None:
+        """Remember a refusal (e.g. out of stock) so a retry with this key gets the same."""
+        with transaction.atomic(using=self.using):
+            self._mine().update(
+                status=IdempotencyRecord.Status.COMPLETED,
+                response_status=status,
+                response_body=body,
+                completed_at=timezone.now(),
+            )
+        self.finished = True
+
+    def release(self) -> bool:
+        """Forget the key (the request had no effect); only while this claim still owns it."""
+        self.finished = True
+        return bool(self._mine().delete()[0])
+
+
+def validate_key(raw: str | None) -> str:
+    if raw is None or raw == "":
+        raise IdempotencyKeyRequired()
+    if len(raw) > 255 or not all(" " <= ch <= "~" for ch in raw):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 printable ASCII characters.",
+            extra={"fields": {HEADER: ["1-255 printable ASCII characters."]}},
+        )
+    return raw
+
+
+def request_fingerprint(*, method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{method.upper()} {path}\n{canonical}".encode()).hexdigest()
+
+
+def idempotency_begin(
+    *, using: str, user_id: int, key: str, fingerprint: str
+) -> IdempotencyClaim | Replay:
+    """Claim ``key`` for ``user_id``, or learn that its response can be replayed.
+
+    Raises IdempotencyMismatch (422) or IdempotencyConflict (409 with Retry-After).
+    """
+    ttl = timedelta(seconds=settings.IDEMPOTENCY_LOCK_TTL)
+    for _ in range(3):  # the record may vanish (released) between our insert and our read
+        now = timezone.now()
+        token = secrets.token_hex(16)
+        try:
+            with transaction.atomic(using=using):
+                record = IdempotencyRecord.objects.using(using).create(
+                    user_id=user_id,
+                    key=key,
+                    fingerprint=fingerprint,
+                    owner_token=token,
+                    locked_until=now + ttl,
+                )
+            return IdempotencyClaim(using, user_id, record.id, token)
+        except IntegrityError:
+            record = IdempotencyRecord.objects.using(using).filter(user_id=user_id, key=key).first()
+        if record is None:
+            continue
+        if record.fingerprint != fingerprint:
+            raise IdempotencyMismatch()
+        if record.status == IdempotencyRecord.Status.COMPLETED:
+            return Replay(record.response_status, record.response_body)
+        if record.locked_until > now:
+            wait = math.ceil((record.locked_until - now).total_seconds())
+            raise IdempotencyConflict(retry_after=max(1, min(wait, 5)))
+        # The owner's lock ran out (it died or stalled): take the key over.
+        taken = (
+            IdempotencyRecord.objects.using(using)
+            .filter(
+                id=record.id,
+                owner_token=record.owner_token,
+                status=IdempotencyRecord.Status.IN_FLIGHT,
+            )
+            .update(owner_token=token, locked_until=now + ttl)
+        )
+        if taken:
+            return IdempotencyClaim(using, user_id, record.id, token)
+    raise IdempotencyConflict(retry_after=1)
+
+
+def _stored_refusal(exc: ShopError) -> bool:
+    """Refusals worth replaying: decided by the shop, not a malformed request or an outage."""
+    return 400 <= exc.http_status < 500 and exc.code != "validation_error"
+
+
+@contextlib.contextmanager
+def idempotent_request(
+    request: Request, *, using: str, user_id: int
+) -> Iterator[IdempotencyClaim | Replay]:
+    """Wrap one API write: yields a claim (do the work, complete it inside the effect's
+    transaction) or a Replay (return ``replay.response()``). A domain refusal raised inside is
+    remembered for replay; anything else releases the key so the client may retry."""
+    key = validate_key(request.headers.get(HEADER))
+    fingerprint = request_fingerprint(method=request.method, path=request.path, body=request.data)
+    outcome = idempotency_begin(using=using, user_id=user_id, key=key, fingerprint=fingerprint)
+    if isinstance(outcome, Replay):
+        yield outcome
+        return
+    claim = outcome
+    try:
+        yield claim
+    except ShopError as exc:
+        if _stored_refusal(exc) and not isinstance(exc, IdempotencyConflict):
+            _quietly(claim.fail, status=exc.http_status, body=exc.as_dict())
+        else:
+            _quietly(claim.release)
+        raise
+    except BaseException:
+        _quietly(claim.release)
+        raise
+    if not claim.finished:
+        logger.error("idempotent request finished without completing its key; releasing it")
+        _quietly(claim.release)
+
+
+def _quietly(action: Any, **kwargs: Any) -> None:
+    # The shard may be the thing that failed; the record then expires and is taken over.
+    try:
+        action(**kwargs)
+    except DatabaseError as exc:
+        logger.warning("could not settle an idempotency key: %s", exc)
+
+
+def idempotency_cleanup() -> int:
+    """Delete records older than IDEMPOTENCY_RECORD_TTL on every shard."""
+    cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_RECORD_TTL)
+    return sum(
+        IdempotencyRecord.objects.using(alias).filter(created_at__lt=cutoff).delete()[0]
+        for alias in order_shard_aliases()
+    )

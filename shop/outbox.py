@@ -1,0 +1,192 @@
+"""The transactional outbox: tasks published only after, and always after, the change commits.
+
+:func:`outbox_enqueue` writes an :class:`~shop.models.OutboxMessage` in the caller's shard
+transaction. After the commit a fast path publishes it at once; :func:`outbox_relay` (beat,
+every OUTBOX_RELAY_SECONDS) sweeps whatever the fast path could not publish, taking rows with
+``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent relays never publish the same row at the same
+time. A broker outage therefore delays tasks but never loses them, and a rolled-back
+transaction publishes nothing. Delivery is at least once: a publish whose bookkeeping fails
+is published again, and every task receives ``message_id`` ("<alias>:<row id>") to
+deduplicate with :func:`consume_once`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, connections, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from kombu.exceptions import KombuError
+
+from shop.models import OutboxMessage, ProcessedMessage
+from shop.sharding import order_shard_aliases
+
+logger = logging.getLogger(__name__)
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, OSError)
+
+
+class _BrokerHealth:
+    """This process's view of the broker: after a failed publish the fast path is skipped for
+    OUTBOX_BROKER_BACKOFF seconds so checkouts do not wait on a dead broker (the relay retries)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_until = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_down(self) -> None:
+        with self._lock:
+            self.down_until = time.monotonic() + settings.OUTBOX_BROKER_BACKOFF
+
+    def reset(self) -> None:
+        with self._lock:
+            self.down_until = 0.0
+
+
+broker_health = _BrokerHealth()
+
+
+def outbox_enqueue(
+    *,
+    using: str,
+    user_id: int,
+    task: str,
+    kwargs: dict[str, Any],
+    queue: str,
+    countdown: int = 0,
+) -> OutboxMessage:
+    """Record ``task(**kwargs, message_id=…)`` for publication once this transaction commits.
+
+    Must run inside the transaction (on ``using``) of the change that causes it.
+    """
+    if not connections[using].in_atomic_block:
+        raise RuntimeError("outbox_enqueue must run inside the transaction of the change")
+    message = OutboxMessage.objects.using(using).create(
+        user_id=user_id,
+        task=task,
+        kwargs=kwargs,
+        queue=queue,
+        countdown=countdown,
+        available_at=timezone.now(),
+    )
+    transaction.on_commit(lambda: outbox_publish(using=using, message_id=message.id), using=using)
+    return message
+
+
+def _locked(using: str):
+    queryset = OutboxMessage.objects.using(using).filter(published_at__isnull=True)
+    if connections[using].vendor == "postgresql":
+        return queryset.select_for_update(skip_locked=True)
+    return queryset  # SQLite: one writer at a time anyway
+
+
+def _publish(using: str, message: OutboxMessage) -> bool:
+    task = import_string(message.task)  # task names are their dotted paths
+    kwargs = {**message.kwargs, "message_id": f"{using}:{message.id}"}
+    try:
+        task.apply_async(
+            kwargs=kwargs,
+            queue=message.queue,
+            countdown=message.countdown or None,
+            retry=False,
+        )
+    except BROKER_ERRORS as exc:
+        broker_health.mark_down()
+        message.attempts += 1
+        message.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+        message.save(using=using, update_fields=["attempts", "last_error"])
+        logger.warning("outbox: broker unavailable, %s waits for the relay: %s", message, exc)
+        return False
+    except Exception:
+        # Eager mode (embedded profile) runs the task right here; its failure is the task's
+        # business (it has its own dead-letter path), not a reason to publish it again.
+        if not current_app.conf.task_always_eager:
+            raise
+        logger.exception("outbox: eager task %s failed", message)
+    message.published_at = timezone.now()
+    message.attempts += 1
+    message.save(using=using, update_fields=["published_at", "attempts"])
+    return True
+
+
+def outbox_publish(*, using: str, message_id: int) -> bool:
+    """Fast path after commit: publish one message now if the broker seems up."""
+    if not broker_health.available():
+        return False
+    with transaction.atomic(using=using):
+        message = _locked(using).filter(id=message_id).first()
+        if message is None:
+            return False  # published already, or the relay holds it right now
+        return _publish(using, message)
+
+
+def outbox_relay(*, batch_size: int | None = None) -> int:
+    """Publish every due, unpublished message on every shard. Returns how many went out."""
+    batch_size = batch_size or settings.OUTBOX_RELAY_BATCH
+    published = 0
+    for alias in order_shard_aliases():
+        while True:
+            with transaction.atomic(using=alias):
+                due = list(
+                    _locked(alias)
+                    .filter(available_at__lte=timezone.now())
+                    .order_by("id")[:batch_size]
+                )
+                sent = 0
+                for message in due:
+                    if not _publish(alias, message):
+                        break
+                    sent += 1
+            published += sent
+            if sent < batch_size:
+                break
+    if published:
+        broker_health.reset()
+    return published
+
+
+def outbox_backlog() -> dict[str, int]:
+    """Unpublished messages per shard (for operators and tests)."""
+    return {
+        alias: OutboxMessage.objects.using(alias).filter(published_at__isnull=True).count()
+        for alias in order_shard_aliases()
+    }
+
+
+def outbox_purge_published(*, older_than: timedelta) -> int:
+    """Delete published messages older than ``older_than`` on every shard."""
+    cutoff = timezone.now() - older_than
+    return sum(
+        OutboxMessage.objects.using(alias)
+        .filter(published_at__isnull=False, published_at__lt=cutoff)
+        .delete()[0]
+        for alias in order_shard_aliases()
+    )
+
+
+def consume_once(*, using: str, user_id: int, consumer: str, message_id: str | None) -> bool:
+    """Record that ``consumer`` applied ``message_id``; False if it already had.
+
+    Call inside the transaction of the consumer's effect, so the record and the effect commit
+    or roll back together. Without a message id (a direct call) it always proceeds.
+    """
+    if not message_id:
+        return True
+    try:
+        with transaction.atomic(using=using):
+            ProcessedMessage.objects.using(using).create(
+                user_id=user_id, consumer=consumer, message_id=message_id
+            )
+    except IntegrityError:
+        return False
+    return True
