@@ -18,9 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +113,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     tool: str
+    # Answers by kind, e.g. {"201": 9000, "409 out_of_stock": 3}; filled by scripted loads.
+    statuses: dict[str, int] = field(default_factory=dict)
 
 
 def _ms(text: str) -> float:
@@ -121,9 +125,12 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def _wrk(name: str, url: str, seconds: int, connections: int) -> LoadResult:
+def _wrk(
+    name: str, url: str, seconds: int, connections: int, script: Path | None = None
+) -> LoadResult:
+    scripted = ["-s", str(script)] if script else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -137,29 +144,54 @@ def _wrk(name: str, url: str, seconds: int, connections: int) -> LoadResult:
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return LoadResult(name, url, requests, errors, seconds, rps, p50, p99, "wrk")
+    # A script's done() may report answers as "status <label>: <count>" lines (one per thread).
+    statuses: Counter[str] = Counter()
+    for label, count in re.findall(r"^status (.+): (\d+)$", out, flags=re.MULTILINE):
+        statuses[label] += int(count)
+    return LoadResult(name, url, requests, errors, seconds, rps, p50, p99, "wrk", dict(statuses))
 
 
-def _python_load(name: str, url: str, seconds: int, connections: int) -> LoadResult:
+def _status_label(status: int, body: bytes) -> str:
+    if 200 <= status < 300:
+        return str(status)
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return f"{status} {code}" if code else str(status)
+
+
+def _python_load(
+    name: str,
+    url: str,
+    seconds: int,
+    connections: int,
+    make_request: Callable[[], urllib.request.Request] | None = None,
+) -> LoadResult:
     latencies: list[float] = []
     errors = 0
+    statuses: Counter[str] = Counter()
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
     def worker() -> None:
         nonlocal errors
         while time.monotonic() < stop:
+            request = make_request() if make_request else url
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(url, timeout=10) as response:
-                    response.read()
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    label = _status_label(response.status, response.read())
                     ok = 200 <= response.status < 400
-            except OSError:
-                ok = False
+            except urllib.error.HTTPError as exc:
+                label, ok = _status_label(exc.code, exc.read()), False
+            except OSError as exc:
+                label, ok = f"socket {type(exc).__name__}", False
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 latencies.append(elapsed)
                 errors += not ok
+                statuses[label] += 1
 
     threads = [threading.Thread(target=worker) for _ in range(connections)]
     began = time.monotonic()
@@ -177,25 +209,57 @@ def _python_load(name: str, url: str, seconds: int, connections: int) -> LoadRes
         took,
         len(latencies) / took,
         statistics.median(latencies),
-        latencies[int(len(latencies) * 0.99) - 1],
+        percentile(latencies, 0.99),
         "python",
+        dict(statuses) if make_request else {},
     )
 
 
-def load(name: str, url: str, *, seconds: int = 15, connections: int = 8) -> LoadResult:
-    """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed."""
-    runner = _wrk if shutil.which("wrk") else _python_load
-    runner(name, url, 2, connections)  # warm-up: connections, caches, lazy imports
-    return runner(name, url, seconds, connections)
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The ``fraction`` percentile of an ascending list (the same rank rule for every tool)."""
+    return ordered[max(int(len(ordered) * fraction) - 1, 0)] if ordered else float("nan")
 
 
-def print_table(rows: list[tuple[LoadResult, LoadResult]]) -> None:
-    """Each row is (result, the trivial view measured on the same server in this run)."""
-    print(f"\n{'scenario':<40}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x trivial':>11}")
+def load(
+    name: str,
+    url: str,
+    *,
+    seconds: int = 15,
+    connections: int = 8,
+    script: Path | None = None,
+    make_request: Callable[[], urllib.request.Request] | None = None,
+) -> LoadResult:
+    """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed.
+
+    For requests other than a plain GET give both ``script`` (a wrk Lua script) and
+    ``make_request`` (what the Python fallback sends instead, one new request per call).
+    """
+    if shutil.which("wrk"):
+        _wrk(name, url, 2, connections, script)  # warm-up: connections, caches, lazy imports
+        return _wrk(name, url, seconds, connections, script)
+    if script is not None and make_request is None:
+        raise SystemExit(f"{name}: wrk is not installed and no Python fallback was given")
+    _python_load(name, url, 2, connections, make_request)
+    return _python_load(name, url, seconds, connections, make_request)
+
+
+def print_table(
+    rows: list[tuple[LoadResult, LoadResult]],
+    *,
+    rate_label: str = "req/s",
+    ratio_label: str = "x trivial",
+) -> None:
+    """Each row is (result, the reference it is compared with: by default the trivial view
+    measured on the same server in this run)."""
+    width = max(8, len(rate_label) + 1)
+    print(
+        f"\n{'scenario':<40}{rate_label:>{width}}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{ratio_label:>11}"
+    )
     for result, baseline in rows:
         ratio = result.rps / baseline.rps if baseline.rps else float("nan")
         print(
-            f"{result.name:<40}{result.rps:>8.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
+            f"{result.name:<40}{result.rps:>{width}.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
             f"{result.errors:>8}{ratio:>10.2f}x"
         )
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -23,7 +24,13 @@ class ManualReviewForm(forms.ModelForm):
 
     class Meta:
         model = ManualReviewItem
-        fields = ["resolution_note"]
+        fields = ["assignee", "resolution_note"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["assignee"].queryset = get_user_model().objects.filter(
+            is_staff=True, is_active=True
+        )
 
 
 @admin.register(ManualReviewItem)
@@ -38,7 +45,6 @@ class ManualReviewItemAdmin(admin.ModelAdmin):
         "summary",
         "details",
         "status",
-        "assignee",
         "resolved_by",
         "resolved_at",
         "created_at",
@@ -54,6 +60,8 @@ class ManualReviewItemAdmin(admin.ModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: ManualReviewItem, form: Any, change: bool
     ) -> None:
+        if "assignee" in form.changed_data and obj.assignee is not None:
+            review_assign(item_ids=[obj.id], assignee=obj.assignee)
         if form.cleaned_data.get("resolve"):
             try:
                 review_resolve(item=obj, operator=request.user, note=obj.resolution_note)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
@@ -19,7 +21,13 @@ from apps.inventory.selectors import stock_available_many
 from apps.orders import selectors, services
 from apps.orders.cart import Cart
 from shop.errors import ShopError
-from shop.idempotency import IdempotencyConflict, Replay, idempotency_begin, request_fingerprint
+from shop.idempotency import (
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    Replay,
+    idempotency_begin,
+    request_fingerprint,
+)
 from shop.sharding import shard_for_user
 
 
@@ -116,7 +124,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
         return redirect("cart")
     user_id = request.user.id
     items = cart.as_order_items()
-    key = request.POST.get("checkout_key", "")[:255] or uuid.uuid4().hex
+    key = request.POST.get("checkout_key", "")[:200] or uuid.uuid4().hex
     try:
         outcome = idempotency_begin(
             using=shard_for_user(user_id),
@@ -124,22 +132,29 @@ def checkout(request: HttpRequest) -> HttpResponse:
             key=f"storefront-checkout:{key}",
             fingerprint=request_fingerprint(method="POST", path=request.path, body=items),
         )
-        if isinstance(outcome, Replay):
-            order_id = (outcome.body or {}).get("id")
-            return redirect("order-detail", order_id=order_id) if order_id else redirect("cart")
+    except IdempotencyConflict:
+        messages.info(request, "Your order is being placed — one moment.")
+        return redirect("order-list")
+    except IdempotencyMismatch:
+        messages.info(request, "Your cart changed meanwhile; please check it and try again.")
+        return redirect("cart")
+    if isinstance(outcome, Replay):  # the same form submitted twice: show the first order
+        order_id = (outcome.body or {}).get("id")
+        return redirect("order-detail", order_id=order_id) if order_id else redirect("cart")
+    try:
         order = services.order_place(
             user_id=user_id,
             items=items,
             on_created=lambda order: outcome.complete(status=201, body={"id": str(order.id)}),
         )
-    except IdempotencyConflict:
-        messages.info(request, "Your order is being placed — one moment.")
-        return redirect("order-list")
     except ShopError as exc:
-        if not isinstance(outcome, Replay):
-            outcome.release()
+        outcome.release()
         messages.error(request, exc.message)
         return redirect("cart")
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            outcome.release()
+        raise
     cart.clear()
     messages.success(request, "Your items are reserved. Please pay before the timer runs out.")
     return redirect("order-detail", order_id=order.id)

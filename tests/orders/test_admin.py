@@ -98,13 +98,21 @@ def test_manual_review_assign_retry_and_resolve(client, operator, orders_on_both
     alias = shard_for_id(order.id)
     assert OutboxMessage.objects.using(alias).filter(task=services.PROCESS_TASK).exists()
 
-    refused = client.post(f"/admin/shop/manualreviewitem/{item.id}/change/", {"resolve": "on"})
+    colleague = UserFactory(username="colleague", is_staff=True)
+    client.post(f"/admin/shop/manualreviewitem/{item.id}/change/", {"assignee": colleague.id})
+    item.refresh_from_db()
+    assert item.assignee_id == colleague.id
+
+    refused = client.post(
+        f"/admin/shop/manualreviewitem/{item.id}/change/",
+        {"assignee": colleague.id, "resolve": "on"},
+    )
     item.refresh_from_db()
     assert item.status == "assigned"  # a note is required
     assert refused.status_code == 302
     client.post(
         f"/admin/shop/manualreviewitem/{item.id}/change/",
-        {"resolve": "on", "resolution_note": "re-allocated by hand"},
+        {"assignee": colleague.id, "resolve": "on", "resolution_note": "re-allocated by hand"},
     )
     item.refresh_from_db()
     assert (item.status, item.resolved_by_id, item.resolution_note) == (

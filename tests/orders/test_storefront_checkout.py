@@ -123,3 +123,15 @@ def test_cart_update_changes_and_removes_lines(client, sku):
     assert client.get("/cart/").context["lines"][0]["quantity"] == 4
     client.post("/cart/update/", {f"remove-{sku.code}": "1"})
     assert client.get("/cart/").context["lines"] == []
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_resubmitting_an_old_form_after_the_cart_changed_is_explained(client, sku):
+    client.force_login(UserFactory(username="nia"))
+    client.post("/cart/add/", {"sku": sku.code, "quantity": "1"})
+    client.post("/checkout/", {"checkout_key": "form-1"})
+    client.post("/cart/add/", {"sku": sku.code, "quantity": "2"})  # a different cart
+    response = client.post("/checkout/", {"checkout_key": "form-1"}, follow=True)
+    assert response.status_code == 200
+    assert "cart changed" in response.content.decode()
+    assert len(_orders()) == 1
