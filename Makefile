@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format install migrate seed preheat services-run test-services bench clean
+.PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -53,6 +53,9 @@ services-run: install
 
 bench: install
 	$(PY) bench/catalog_read.py
+
+bench-checkout: install
+	$(PY) bench/checkout.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

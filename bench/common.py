@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,7 +151,9 @@ def _wrk(
     return LoadResult(name, url, requests, errors, seconds, rps, p50, p99, "wrk", dict(statuses))
 
 
-def _status_label(status: int, body: bytes) -> str:
+def _status_label(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> str:
+    if headers is not None and headers.get("Idempotent-Replayed"):
+        return f"{status} replayed"  # a repeated Idempotency-Key: no new effect
     if 200 <= status < 300:
         return str(status)
     try:
@@ -181,7 +183,7 @@ def _python_load(
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
-                    label = _status_label(response.status, response.read())
+                    label = _status_label(response.status, response.read(), response.headers)
                     ok = 200 <= response.status < 400
             except urllib.error.HTTPError as exc:
                 label, ok = _status_label(exc.code, exc.read()), False

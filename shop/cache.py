@@ -176,7 +176,7 @@ def invalidate_on_commit(*groups: str, using: str = "default") -> None:
     repopulate the cache with data that never existed.
     """
     frozen = tuple(groups)
-    transaction.on_commit(lambda: groups_bump(frozen), using=using)
+    transaction.on_commit(lambda: groups_bump(frozen), using=using, robust=True)
 
 
 def pending_invalidations_retry() -> int:

@@ -32,11 +32,15 @@ class ShardFilter(admin.SimpleListFilter):
     title = "shard"
     parameter_name = "shard"
 
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        self.current_alias = _requested_alias(request)
+        super().__init__(request, *args, **kwargs)
+
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(alias, alias) for alias in order_shard_aliases()]
 
     def choices(self, changelist: Any):  # no "All": one shard at a time
-        current = _requested_alias(changelist.model_admin.request)
+        current = self.current_alias
         for value, label in self.lookup_choices:
             yield {
                 "selected": value == current,
@@ -92,10 +96,6 @@ class OrderAdmin(admin.ModelAdmin):
     actions = ["cancel_orders", "mark_fulfilled", "retry_processing"]
     list_per_page = 50
     show_full_result_count = False
-
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-        self.request = request
-        return super().changelist_view(request, extra_context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).using(_requested_alias(request))

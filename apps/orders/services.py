@@ -193,7 +193,7 @@ def _order_write(
             total=sum(line.total for line in lines),
             expires_at=expires_at,
         )
-        OrderLine.objects.using(alias).bulk_create(
+        order_lines = OrderLine.objects.using(alias).bulk_create(
             [
                 OrderLine(
                     order=order,
@@ -209,6 +209,12 @@ def _order_write(
                 for line in lines
             ]
         )
+        # The lines are known: callers reading order.lines.all() need no second query
+        # (stored the way prefetch_related stores them).
+        lines_queryset = OrderLine.objects.using(alias).filter(order=order)
+        lines_queryset._result_cache = order_lines
+        lines_queryset._prefetch_done = True
+        order._prefetched_objects_cache = {"lines": lines_queryset}
         _event(order, "created", "", S.PENDING_PAYMENT, actor=user_actor(user_id))
         outbox_enqueue(
             using=alias,

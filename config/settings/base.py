@@ -278,6 +278,8 @@ IDEMPOTENCY_RECORD_TTL = env.int("IDEMPOTENCY_RECORD_TTL", default=24 * 3600)
 # The relay sweeps unpublished outbox rows this often (the fast path usually wins).
 OUTBOX_RELAY_SECONDS = env.int("OUTBOX_RELAY_SECONDS", default=5)
 OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=200)
+# The relay leaves rows this young to the fast path of the process that wrote them.
+OUTBOX_RELAY_GRACE = env.float("OUTBOX_RELAY_GRACE", default=2.0)
 # After a failed publish a process skips the fast path this long (the relay retries).
 OUTBOX_BROKER_BACKOFF = env.float("OUTBOX_BROKER_BACKOFF", default=5.0)
 OUTBOX_KEEP_PUBLISHED_DAYS = env.int("OUTBOX_KEEP_PUBLISHED_DAYS", default=7)
