@@ -269,6 +269,30 @@ MANUAL_REVIEW_RETRY = {"order_processing": "apps.orders.services.order_review_re
 # Checks run by `manage.py audit_invariants` (each yields violation messages).
 AUDIT_CHECKS = ["apps.inventory.audit.stock_violations", "apps.orders.audit.order_violations"]
 
+# --- Payments ---------------------------------------------------------------------------------
+# Base URL of the sandbox acquirer (`python manage.py run_sandbox_acquirer`), or of a real one.
+ACQUIRER_URL = env("ACQUIRER_URL", default="http://127.0.0.1:8700")
+# Shared secret of the sandbox's webhook signatures; each channel signs with "<secret>-<code>".
+ACQUIRER_WEBHOOK_SECRET = env("ACQUIRER_WEBHOOK_SECRET", default="sandbox-webhook-secret")
+# Webhooks older or newer than this are refused (replay protection), as Stripe does.
+WEBHOOK_TOLERANCE_SECONDS = env.int("WEBHOOK_TOLERANCE_SECONDS", default=300)
+# Outbound calls to a channel: connect fast, and give up reading after the call timeout.
+CHANNEL_CONNECT_TIMEOUT = env.float("CHANNEL_CONNECT_TIMEOUT", default=1.0)
+# Circuit breaker per channel (state shared through Redis). Defaults from the seed design:
+# open after 5 failures, call timeout 3 s, try again (half-open) after 30 s.
+BREAKER_FAILURE_THRESHOLD = env.int("BREAKER_FAILURE_THRESHOLD", default=5)
+BREAKER_CALL_TIMEOUT = env.float("BREAKER_CALL_TIMEOUT", default=3.0)
+BREAKER_RESET_TIMEOUT = env.float("BREAKER_RESET_TIMEOUT", default=30.0)
+# Failures older than this no longer count towards opening (a slow trickle never opens it).
+BREAKER_FAILURE_WINDOW = env.float("BREAKER_FAILURE_WINDOW", default=60.0)
+# How many trial calls all processes together may make while half-open.
+BREAKER_HALF_OPEN_PROBES = env.int("BREAKER_HALF_OPEN_PROBES", default=1)
+# Retries of retriable, idempotency-keyed calls: 3 attempts, ×2, 1 s initial, full jitter.
+RETRY_ATTEMPTS = env.int("RETRY_ATTEMPTS", default=3)
+RETRY_INITIAL_DELAY = env.float("RETRY_INITIAL_DELAY", default=1.0)
+RETRY_MULTIPLIER = env.float("RETRY_MULTIPLIER", default=2.0)
+RETRY_MAX_DELAY = env.float("RETRY_MAX_DELAY", default=10.0)
+
 # --- Idempotency and outbox -------------------------------------------------------------------
 # An in-flight key is owned this long; a crashed owner's key is taken over afterwards.
 # Longer than any checkout takes, short enough that a buyer's retry is not blocked for long.
