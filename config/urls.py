@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.catalog import api as catalog_api
 from apps.catalog import pages as catalog_pages
 from apps.orders import api as orders_api
+from apps.payments import api as payments_api
 from apps.users import api as users_api
 from shop import health, metrics
 
@@ -33,6 +34,22 @@ api_v1 = [
         name="api-order-cancel",
     ),
     path(
+        "orders/<int:order_id>/payments/",
+        payments_api.PaymentCreateApi.as_view(),
+        name="api-payment-create",
+    ),
+    path(
+        "orders/<int:order_id>/refunds/",
+        payments_api.RefundCreateApi.as_view(),
+        name="api-refund-create",
+    ),
+    path("wallet/", payments_api.WalletDetailApi.as_view(), name="api-wallet"),
+    path(
+        "payments/webhooks/<slug:channel>/",
+        payments_api.WebhookReceiveApi.as_view(),
+        name="api-payment-webhook",
+    ),
+    path(
         "categories/<str:slug>/",
         catalog_api.CategoryDetailApi.as_view(),
         name="api-category-detail",
@@ -49,6 +66,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("accounts/", include("apps.users.urls")),
     path("", include("apps.orders.urls")),
+    path("", include("apps.payments.urls")),
     path("", include("apps.catalog.urls")),
 ]
 

@@ -79,6 +79,7 @@ class IdempotencyClaim:
     user_id: int
     record_id: int
     token: str
+    resource_id: str = ""
     finished: bool = field(default=False)
 
     def _mine(self):
@@ -87,6 +88,13 @@ class IdempotencyClaim:
             owner_token=self.token,
             status=IdempotencyRecord.Status.IN_FLIGHT,
         )
+
+    def attach(self, resource_id: str) -> None:
+        """Record what this request created, inside the transaction that creates it. A retry
+        that takes the key over after a crash finds it here instead of creating another."""
+        if not self._mine().update(resource_id=resource_id):
+            raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
+        self.resource_id = resource_id
 
     def complete(self, *, status: int, body: Any) -> None:
         """Store the response to replay. Must run in the effect's transaction on ``using``;
@@ -103,8 +111,10 @@ class IdempotencyClaim:
             raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
         self.finished = True
 
-    def fail(self, *, status: int, body: Any) -> None:
-        """Remember a refusal (e.g. out of stock) so a retry with this key gets the same."""
+    def remember(self, *, status: int, body: Any) -> None:
+        """Store the response to replay in a transaction of its own: for a refusal (out of
+        stock), or for an effect that spans several databases and had its resource attached
+        (:meth:`attach`) inside its own first transaction."""
         with transaction.atomic(using=self.using):
             self._mine().update(
                 status=IdempotencyRecord.Status.COMPLETED,
@@ -179,7 +189,7 @@ def idempotency_begin(
             .update(owner_token=token, locked_until=now + ttl)
         )
         if taken:
-            return IdempotencyClaim(using, user_id, record.id, token)
+            return IdempotencyClaim(using, user_id, record.id, token, record.resource_id)
     raise IdempotencyConflict(retry_after=1)
 
 
@@ -206,7 +216,7 @@ def idempotent_request(
         yield claim
     except ShopError as exc:
         if _stored_refusal(exc) and not isinstance(exc, IdempotencyConflict):
-            _quietly(claim.fail, status=exc.http_status, body=exc.as_dict())
+            _quietly(claim.remember, status=exc.http_status, body=exc.as_dict())
         else:
             _quietly(claim.release)
         raise

@@ -105,6 +105,9 @@ class IdempotencyRecord(models.Model):
     locked_until = models.DateTimeField()
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
+    resource_id = models.CharField(
+        max_length=64, blank=True, help_text="What the first request created, once it has."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -163,3 +166,53 @@ class ManualReviewItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.reference}: {self.summary}"
+
+
+class FenceStatus(models.TextChoices):
+    TRIED = "tried"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+    SUSPENDED = "suspended"  # cancelled before any try: a late try must be refused
+
+
+class TccFence(models.Model):
+    """A TCC branch's fence on `default` (Seata's tcc_fence_log, DTM's barrier): written in
+    the same local transaction as the branch's business effect."""
+
+    xid = models.CharField(max_length=64)
+    branch = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=FenceStatus.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["xid", "branch"], name="shop_tcc_fence_once")
+        ]
+        indexes = [models.Index(fields=["created_at"], name="shop_tcc_fence_created")]
+
+    def __str__(self) -> str:
+        return f"{self.xid}/{self.branch}: {self.status}"
+
+
+@sharded
+class TccShardFence(models.Model):
+    """The same fence for branches whose effect lives on an order shard."""
+
+    user_id = models.BigIntegerField()
+    xid = models.CharField(max_length=64)
+    branch = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=FenceStatus.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user_id", "xid", "branch"], name="shop_tcc_shard_fence_once"
+            )
+        ]
+        indexes = [models.Index(fields=["created_at"], name="shop_tcc_shard_fence_created")]
+
+    def __str__(self) -> str:
+        return f"{self.xid}/{self.branch}: {self.status}"

@@ -31,3 +31,10 @@ def outbox_purge() -> int:
     from shop.outbox import outbox_purge_published
 
     return outbox_purge_published(older_than=timedelta(days=settings.OUTBOX_KEEP_PUBLISHED_DAYS))
+
+
+@shared_task(name="shop.tasks.tcc_fences_cleanup", ignore_result=True)
+def tcc_fences_cleanup() -> int:
+    from shop.tcc import fences_cleanup
+
+    return fences_cleanup()

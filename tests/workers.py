@@ -49,21 +49,34 @@ def queue_depth(queue: str) -> int:
         return count
 
 
+def test_process_env(**extra: str) -> dict[str, str]:
+    """The environment of a separate process that must use this test run's databases."""
+    databases = settings.DATABASES
+    shards = ",".join(_db_url(databases[alias]) for alias in settings.ORDER_SHARD_ALIASES)
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _db_url(databases["default"]),
+        "ORDER_SHARD_URLS": shards,
+        "DB_CONN_MAX_AGE": "0",
+        **extra,
+    }
+
+
+def django_process(code: str, **env: str) -> subprocess.Popen:
+    """Run ``code`` (after django.setup()) in its own process group on the test databases."""
+    script = f"import django\ndjango.setup()\n{code}"
+    return subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=test_process_env(**env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
 class Worker:
     """`celery worker` in its own process group, on the test databases."""
 
     def __init__(self, **env: str) -> None:
-        databases = settings.DATABASES
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": _db_url(databases["default"]),
-            "ORDER_SHARD_URLS": ",".join(
-                _db_url(databases[a]) for a in settings.ORDER_SHARD_ALIASES
-            ),
-            "DB_CONN_MAX_AGE": "0",
-            **env,
-        }
+        self.env = test_process_env(**env)
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
 

@@ -12,58 +12,7 @@ from django.http import HttpRequest
 from apps.orders import services
 from apps.orders.exceptions import InvalidOrderState
 from apps.orders.models import Order, OrderEvent, OrderLine
-from shop.sharding import order_shard_aliases, shard_for_id
-from shop.sharding.ids import id_is_plausible
-
-
-def _requested_alias(request: HttpRequest) -> str:
-    match = request.resolver_match
-    object_id = (match.kwargs.get("object_id") if match else None) or ""
-    query = request.GET.get("q", "").strip()
-    for candidate in (object_id, query):
-        if candidate.isdigit() and id_is_plausible(int(candidate)):
-            return shard_for_id(int(candidate))
-    shard = request.GET.get("shard")
-    aliases = order_shard_aliases()
-    return shard if shard in aliases else aliases[0]
-
-
-class ShardFilter(admin.SimpleListFilter):
-    title = "shard"
-    parameter_name = "shard"
-
-    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
-        self.current_alias = _requested_alias(request)
-        super().__init__(request, *args, **kwargs)
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(alias, alias) for alias in order_shard_aliases()]
-
-    def choices(self, changelist: Any):  # no "All": one shard at a time
-        current = self.current_alias
-        for value, label in self.lookup_choices:
-            yield {
-                "selected": value == current,
-                "query_string": changelist.get_query_string({self.parameter_name: value}, ["q"]),
-                "display": label,
-            }
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset  # the shard is chosen in OrderAdmin.get_queryset
-
-
-class ShardedInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).using(_requested_alias(request))
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from shop.sharding.admin import ShardedAdmin, ShardedInline, ShardFilter
 
 
 class OrderLineInline(ShardedInline):
@@ -79,7 +28,7 @@ class OrderEventInline(ShardedInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ShardedAdmin):
     list_display = [
         "order_id",
         "user_id",
@@ -90,38 +39,12 @@ class OrderAdmin(admin.ModelAdmin):
         "expires_at",
     ]
     list_filter = [ShardFilter, "status"]
-    search_fields = ["id"]
-    search_help_text = "An order id finds the order on whichever shard holds it."
     inlines = [OrderLineInline, OrderEventInline]
     actions = ["cancel_orders", "mark_fulfilled", "retry_processing"]
-    list_per_page = 50
-    show_full_result_count = False
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).using(_requested_alias(request))
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet, search_term: str
-    ) -> tuple[QuerySet, bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if not term.isdigit():
-            return queryset.none(), False
-        return queryset.filter(id=int(term)), False
 
     @admin.display(description="order", ordering="id")
     def order_id(self, order: Order) -> str:
         return str(order.id)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def _each(self, request: HttpRequest, queryset: QuerySet, action: Any, done: str) -> None:
         ok, refused = 0, []

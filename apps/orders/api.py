@@ -42,7 +42,17 @@ class OrderOutputSerializer(serializers.Serializer):
     payments = serializers.SerializerMethodField()
 
     def get_payments(self, order: Order) -> list[dict[str, Any]]:
-        return []  # payments arrive with the payments app
+        return [
+            {
+                "id": str(payment.id),
+                "status": payment.status,
+                "method": payment.method,
+                "channel": payment.channel,
+                "amount": payment.amount,
+                "refunded_amount": payment.refunded_amount,
+            }
+            for payment in order.payments.all()
+        ]
 
 
 def order_body(order: Order) -> dict[str, Any]:

@@ -34,6 +34,9 @@ class Order(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     paid_at = models.DateTimeField(null=True, blank=True)
+    # Set while a payment of this order is being decided (TCC try..confirm/cancel): the order
+    # may then neither expire nor be cancelled, so a capture never meets a released stock.
+    payment_started_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

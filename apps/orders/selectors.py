@@ -10,7 +10,10 @@ from shop.sharding.ids import id_is_plausible
 
 
 def _with_lines(queryset: QuerySet[Order]) -> QuerySet[Order]:
-    return queryset.prefetch_related(Prefetch("lines", queryset=OrderLine.objects.order_by("id")))
+    # "payments" is the reverse side of the payments app's Payment.order (same shard).
+    return queryset.prefetch_related(
+        Prefetch("lines", queryset=OrderLine.objects.order_by("id")), "payments"
+    )
 
 
 def order_get(*, order_id: int, user_id: int | None = None) -> Order | None:

@@ -214,7 +214,10 @@ def _order_write(
         lines_queryset = OrderLine.objects.using(alias).filter(order=order)
         lines_queryset._result_cache = order_lines
         lines_queryset._prefetch_done = True
-        order._prefetched_objects_cache = {"lines": lines_queryset}
+        order._prefetched_objects_cache = {
+            "lines": lines_queryset,
+            "payments": order.payments.none(),
+        }
         _event(order, "created", "", S.PENDING_PAYMENT, actor=user_actor(user_id))
         outbox_enqueue(
             using=alias,
@@ -239,6 +242,37 @@ def _order_for_update(order_id: int) -> Order:
     if order is None:
         raise OrderNotFound()
     return order
+
+
+def _locked(order: Order) -> Order:
+    """The order's row, locked for the rest of the current transaction on its shard."""
+    return Order.objects.using(order._state.db).select_for_update().get(id=order.id)
+
+
+def order_payment_start(*, order: Order) -> Order:
+    """A payment begins (inside the caller's transaction on the order's shard): the order must
+    be unpaid and not expired; it then can neither expire nor be cancelled until
+    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState."""
+    locked = _locked(order)
+    if locked.status != S.PENDING_PAYMENT:
+        raise InvalidOrderState(
+            f"An order that is {locked.status.replace('_', ' ')} cannot be paid.",
+            extra={"status": locked.status},
+        )
+    if locked.expires_at <= timezone.now():
+        raise InvalidOrderState(
+            "This order's reservation has expired.", extra={"status": locked.status}
+        )
+    now = timezone.now()
+    Order.objects.using(order._state.db).filter(id=order.id).update(payment_started_at=now)
+    locked.payment_started_at = now
+    return locked
+
+
+def order_payment_end(*, order: Order) -> None:
+    """The payment did not go through (inside the caller's shard transaction): the order is
+    payable again until it expires."""
+    Order.objects.using(order._state.db).filter(id=order.id).update(payment_started_at=None)
 
 
 def _event(
@@ -296,6 +330,14 @@ def _transition(order: Order, to: str, *, actor: str, reason: str = "", **fields
 # --- Cancel, expire, paid ---------------------------------------------------------------------
 
 
+def _refuse_while_paying(order: Order) -> None:
+    if order.payment_started_at is not None and order.status == S.PENDING_PAYMENT:
+        raise InvalidOrderState(
+            "A payment of this order is in progress; try again in a moment.",
+            extra={"status": order.status},
+        )
+
+
 def order_cancel(
     *,
     order_id: int,
@@ -305,11 +347,13 @@ def order_cancel(
     on_cancelled: Callable[[Order], None] | None = None,
 ) -> Order:
     """Cancel an unpaid order and give its stock back. ``owner_id`` restricts it to the
-    buyer's own orders (others' answer OrderNotFound)."""
+    buyer's own orders (others' answer OrderNotFound). Refused while a payment is running."""
     order = _order_for_update(order_id)
     if owner_id is not None and order.user_id != owner_id:
         raise OrderNotFound()
     with transaction.atomic(using=order._state.db):
+        order = _locked(order)
+        _refuse_while_paying(order)
         _transition(order, S.CANCELLED, actor=actor, reason=reason or "cancelled")
         if on_cancelled is not None:
             on_cancelled(order)
@@ -325,6 +369,9 @@ def order_expire(*, order_id: int) -> bool:
         return False
     try:
         with transaction.atomic(using=order._state.db):
+            order = _locked(order)
+            if order.payment_started_at is not None:
+                return False  # the payment's outcome decides; the TCC recovery settles it
             _transition(order, S.EXPIRED, actor=SYSTEM, reason="not paid in time")
     except InvalidOrderState:
         return False  # paid or cancelled at the same moment
@@ -332,17 +379,34 @@ def order_expire(*, order_id: int) -> bool:
     return True
 
 
-def order_mark_paid(*, order_id: int, actor: str, reason: str = "payment captured") -> Order:
+def order_mark_paid(
+    *,
+    order_id: int,
+    actor: str,
+    reason: str = "payment captured",
+    in_transaction: Callable[[Order], None] | None = None,
+    commit_stock: bool = True,
+) -> Order:
     """An unpaid order is paid: commit its stock and queue its processing (outbox).
 
-    Raises InvalidOrderState unless it is `pending_payment`. If its stock was already given
-    back (it expired meanwhile) the commit raises ReservationReleased after the order is
-    paid; the payment flow decides (payments issue) — the sweep never releases a paid order.
+    Raises InvalidOrderState unless it is `pending_payment`. ``in_transaction(order)`` runs in
+    the same shard transaction (the payment's confirm records itself there). The stock is
+    committed right after (``commit_stock=False``: the caller commits it after its own shard
+    transaction); if that fails the expiry sweep commits it (never releases it).
     """
     order = _order_for_update(order_id)
     alias = order._state.db
     with transaction.atomic(using=alias):
-        _transition(order, S.PAID, actor=actor, reason=reason, paid_at=timezone.now())
+        _transition(
+            order,
+            S.PAID,
+            actor=actor,
+            reason=reason,
+            paid_at=timezone.now(),
+            payment_started_at=None,
+        )
+        if in_transaction is not None:
+            in_transaction(order)
         outbox_enqueue(
             using=alias,
             user_id=order.user_id,
@@ -350,11 +414,22 @@ def order_mark_paid(*, order_id: int, actor: str, reason: str = "payment capture
             kwargs={"order_id": str(order.id), "attempt": 1},
             queue=settings.ORDER_PROCESSING_QUEUE,
         )
-    try:
-        stock_commit(order_id=order.id)
-    except DatabaseError:
-        logger.exception("stock of paid order %s not committed yet; the sweep will", order.id)
+    if commit_stock:
+        order_stock_commit(order_id=order.id)
     return order
+
+
+def order_stock_commit(*, order_id: int) -> None:
+    """Commit a paid order's stock; on failure the expiry sweep finishes it."""
+    try:
+        stock_commit(order_id=order_id)
+    except DatabaseError:
+        logger.exception("stock of paid order %s not committed yet; the sweep will", order_id)
+
+
+def order_record_refund(*, order: Order, fully: bool, actor: str, reason: str) -> None:
+    """Money went back to the buyer (inside the caller's transaction on the order's shard)."""
+    _transition(order, S.REFUNDED if fully else S.PARTIALLY_REFUNDED, actor=actor, reason=reason)
 
 
 def order_mark_fulfilled(*, order_id: int, actor: str) -> Order:

@@ -229,16 +229,19 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 NOTIFICATIONS_QUEUE = "notifications"
 ORDER_PROCESSING_QUEUE = "order.processing"
 ORDER_PROCESSING_DLQ = "order.processing.dlq"
+PAYMENTS_QUEUE = "payments"
 CELERY_WORKER_QUEUES = [
     "default",
     NOTIFICATIONS_QUEUE,
     ORDER_PROCESSING_QUEUE,
     ORDER_PROCESSING_DLQ,
+    PAYMENTS_QUEUE,
 ]
 CELERY_TASK_ROUTES = {
     "apps.orders.tasks.order_process": {"queue": ORDER_PROCESSING_QUEUE},
     "apps.orders.tasks.order_dead_letter": {"queue": ORDER_PROCESSING_DLQ},
     "apps.orders.tasks.order_placed_notify": {"queue": NOTIFICATIONS_QUEUE},
+    "apps.payments.tasks.*": {"queue": PAYMENTS_QUEUE},
 }
 # RabbitMQ's consumer_timeout (30 min by default): a late-acked message held longer than this
 # (an ETA/countdown task) makes the broker close the channel. Every countdown stays below it.
@@ -267,7 +270,12 @@ LOYALTY_MINOR_UNITS_PER_POINT = env.int("LOYALTY_MINOR_UNITS_PER_POINT", default
 # What "retry now" does for each kind of manual-review item.
 MANUAL_REVIEW_RETRY = {"order_processing": "apps.orders.services.order_review_retry"}
 # Checks run by `manage.py audit_invariants` (each yields violation messages).
-AUDIT_CHECKS = ["apps.inventory.audit.stock_violations", "apps.orders.audit.order_violations"]
+AUDIT_CHECKS = [
+    "apps.inventory.audit.stock_violations",
+    "apps.orders.audit.order_violations",
+    "apps.payments.audit.ledger_violations",
+    "apps.payments.audit.payment_violations",
+]
 
 # --- Payments ---------------------------------------------------------------------------------
 # Base URL of the sandbox acquirer (`python manage.py run_sandbox_acquirer`), or of a real one.
@@ -292,6 +300,15 @@ RETRY_ATTEMPTS = env.int("RETRY_ATTEMPTS", default=3)
 RETRY_INITIAL_DELAY = env.float("RETRY_INITIAL_DELAY", default=1.0)
 RETRY_MULTIPLIER = env.float("RETRY_MULTIPLIER", default=2.0)
 RETRY_MAX_DELAY = env.float("RETRY_MAX_DELAY", default=10.0)
+# A payment still "trying" after this long is decided by the recovery job (asking the channel).
+TCC_TRYING_TIMEOUT = env.int("TCC_TRYING_TIMEOUT", default=60)
+# Recovery runs this often; a transaction that fails to finish backs off from INITIAL to MAX.
+TCC_RECOVERY_SECONDS = env.int("TCC_RECOVERY_SECONDS", default=15)
+TCC_RETRY_INITIAL = env.float("TCC_RETRY_INITIAL", default=5.0)
+TCC_RETRY_MAX = env.float("TCC_RETRY_MAX", default=600.0)
+# Fences outlive the longest retry window by far (a redelivered branch call days later is
+# still recognised), then are deleted.
+TCC_FENCE_RETENTION_DAYS = env.int("TCC_FENCE_RETENTION_DAYS", default=7)
 
 # --- Idempotency and outbox -------------------------------------------------------------------
 # An in-flight key is owned this long; a crashed owner's key is taken over afterwards.
@@ -320,6 +337,12 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-relay": {"task": "shop.tasks.outbox_relay", "schedule": float(OUTBOX_RELAY_SECONDS)},
     "idempotency-cleanup": {"task": "shop.tasks.idempotency_cleanup", "schedule": 3600.0},
     "outbox-purge": {"task": "shop.tasks.outbox_purge", "schedule": 24 * 3600.0},
+    "payments-tcc-recover": {
+        "task": "apps.payments.tasks.tcc_recover",
+        "schedule": float(TCC_RECOVERY_SECONDS),
+    },
+    "payments-refunds-retry": {"task": "apps.payments.tasks.refunds_retry", "schedule": 60.0},
+    "tcc-fences-cleanup": {"task": "shop.tasks.tcc_fences_cleanup", "schedule": 24 * 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------

@@ -9,9 +9,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.catalog.demo import demo_catalog_seed
 from apps.inventory.services import stock_receive_many
+from apps.payments.services.channels import channels_ensure_sandbox
+from apps.payments.services.ledger import wallet_topup
 from apps.users.services import user_ensure
 
 DEFAULT_PASSWORD = "shopdemo"  # noqa: S105 - printed demo login, never for production
+DEMO_WALLET = 100_000  # €1,000.00 in every demo buyer's wallet
 
 
 class Command(BaseCommand):
@@ -40,6 +43,9 @@ class Command(BaseCommand):
             f"{len(result.skus_created)} SKUs stocked"
         )
 
+        channels = channels_ensure_sandbox()
+        self.stdout.write(f"payments: {channels} sandbox card channels")
+
         given = options["password"]
         password_hash = make_password(given or DEFAULT_PASSWORD)
         accounts = [("admin", "admin@example.com", True)]
@@ -49,13 +55,16 @@ class Command(BaseCommand):
         ]
         lines = []
         for username, email, staff in accounts:
-            _, created = user_ensure(
+            user, created = user_ensure(
                 username=username,
                 email=email,
                 password_hash=password_hash,
                 staff=staff,
                 reset_password=bool(given),
             )
+            if not staff:  # demo money to pay with (once per buyer: the reference is fixed)
+                wallet_topup(user_id=user.pk, amount=DEMO_WALLET, currency="EUR",
+                             reference=f"demo-seed:{username}", actor="seed_demo")  # fmt: skip
             shown = given or DEFAULT_PASSWORD if (given or created) else "(existing: unchanged)"
             lines.append(f"  {'operator' if staff else 'buyer':<8}  {username:<10}  {shown}")
         if len(lines) > 6:

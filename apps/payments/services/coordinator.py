@@ -1,0 +1,582 @@
+"""Paying an order: a TCC global transaction with fenced branches.
+
+Branches (each with a fence in its own database, see ``shop.tcc``):
+
+* ``order`` (the order's shard) — try: the order must be unpaid and unexpired; a `pending`
+  Payment is created (a partial unique index allows one live payment per order) and the order
+  is held against expiry and cancellation. confirm: payment `succeeded`, order `paid` (its
+  processing queued through the outbox), then its stock committed. cancel: payment `failed`,
+  the order payable again (its stock stays reserved until it expires).
+* ``wallet`` (`default`) — try: freeze the amount; confirm: pay the merchant from the frozen
+  money; cancel: unfreeze.
+* ``channel:<code>`` (remote, fenced on `default`) — try: authorize at the bank (our payment id
+  is its idempotency key); confirm: capture, then post the card capture to the ledger; cancel:
+  void.
+
+The coordinator writes its decision (``confirming`` / ``cancelling``) before acting on it, so
+:func:`tcc_recover` can finish any transaction left half-way after a crash: it re-runs the
+decision, or — for a transaction still ``trying`` after TCC_TRYING_TIMEOUT — asks the channel
+what happened and confirms (authorized, order still payable) or cancels (everything else).
+
+Card routing: channels are ranked (``channels.channels_rank``); retriable failures move on to
+the next channel; a timeout or lost answer is resolved by asking the same channel before any
+other is tried; if even that query fails the payment is `unknown` and nothing else is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from apps.orders import services as orders
+from apps.orders.exceptions import InvalidOrderState, OrderNotFound
+from apps.orders.models import Order
+from apps.payments.exceptions import InsufficientFunds, PaymentInProgress
+from apps.payments.models import (
+    Payment,
+    PaymentAttempt,
+    PaymentChannel,
+    PaymentStatus,
+    TccBranch,
+    TccTransaction,
+)
+from apps.payments.services import ledger
+from apps.payments.services.channels import (
+    ChannelClient,
+    ChannelError,
+    ChannelOutcomeUnknown,
+    ChannelRejected,
+    ChannelUnavailable,
+    channels_rank,
+)
+from shop.sharding import shard_for_id
+from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
+from shop.tcc import FenceRefused, fence_cancel, fence_confirm, fence_try
+
+logger = logging.getLogger(__name__)
+
+T = TccTransaction.Status
+B = TccBranch.Status
+WALLET, CARD = "wallet", "card"
+METHODS = (WALLET, CARD)
+CHANNEL_PREFIX = "channel:"
+
+
+# --- Reading ------------------------------------------------------------------------------------
+
+
+def _payment(payment_id: int) -> Payment:
+    return Payment.objects.using(shard_for_id(payment_id)).get(id=payment_id)
+
+
+def _branch(tcc: TccTransaction, name: str, status: str, detail: str = "") -> None:
+    TccBranch.objects.update_or_create(
+        transaction=tcc, branch=name, defaults={"status": status, "detail": detail[:300]}
+    )
+
+
+def _attempt(payment: Payment, channel: str, outcome: str, reason: str, detail: str = "",
+             latency_ms: int = 0) -> None:  # fmt: skip
+    PaymentAttempt.objects.using(payment._state.db).create(
+        payment=payment,
+        user_id=payment.user_id,
+        channel=channel,
+        outcome=outcome,
+        reason=reason[:300],
+        detail=detail[:300],
+        latency_ms=latency_ms,
+    )
+
+
+def _set_payment(payment: Payment, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(payment, name, value)
+    Payment.objects.using(payment._state.db).filter(id=payment.id).update(
+        updated_at=timezone.now(), **fields
+    )
+
+
+# --- Pay ---------------------------------------------------------------------------------------
+
+
+def payment_pay(
+    *,
+    order_id: int,
+    user_id: int,
+    method: str,
+    channel: str | None = None,
+    on_started: Callable[[Payment], None] | None = None,
+) -> Payment:
+    """Pay a buyer's unpaid order with their wallet or a card. Returns the payment, whose
+    status is `succeeded`, `failed` (declined, insufficient funds, no channel), `pending`
+    (decided, being finished) or `unknown` (a channel's answer was lost; settled later).
+
+    Raises OrderNotFound, InvalidOrderState (not payable) or PaymentInProgress (another payment
+    of this order is live or succeeded). ``on_started(payment)`` runs in the transaction that
+    creates the payment (the idempotency key records it there).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown payment method {method!r}")
+    if not id_is_plausible(order_id):
+        raise OrderNotFound()
+    alias = shard_for_id(order_id)
+    order = Order.objects.using(alias).filter(id=order_id, user_id=user_id).first()
+    if order is None:
+        raise OrderNotFound()
+    if order.status != orders.S.PENDING_PAYMENT:
+        raise InvalidOrderState(
+            f"An order that is {order.status.replace('_', ' ')} cannot be paid.",
+            extra={"status": order.status},
+        )
+    payment_id = id_generate(alias=alias, logical=id_logical_shard(order_id))
+    tcc = TccTransaction.objects.create(
+        xid=f"pay-{payment_id}",
+        payment_id=payment_id,
+        order_id=order_id,
+        user_id=user_id,
+        next_retry_at=timezone.now() + timedelta(seconds=settings.TCC_TRYING_TIMEOUT),
+    )
+    _branch(tcc, "order", B.REGISTERED)
+
+    def order_try() -> Payment:
+        locked = orders.order_payment_start(order=order)
+        try:
+            with transaction.atomic(using=alias):
+                payment = Payment.objects.using(alias).create(
+                    id=payment_id,
+                    order=locked,
+                    user_id=user_id,
+                    method=method,
+                    channel=channel or "",
+                    amount=locked.total,
+                    currency=locked.currency,
+                )
+        except IntegrityError as exc:
+            raise PaymentInProgress() from exc
+        if on_started is not None:
+            on_started(payment)
+        return payment
+
+    try:
+        payment = fence_try(using=alias, xid=tcc.xid, branch="order", user_id=user_id,
+                            effect=order_try)  # fmt: skip
+    except (InvalidOrderState, PaymentInProgress, FenceRefused) as exc:
+        _branch(tcc, "order", B.FAILED, str(exc))
+        _decide(tcc, T.CANCELLING)
+        _act(tcc)
+        raise
+    _branch(tcc, "order", B.TRIED)
+
+    if method == WALLET:
+        return _pay_with_wallet(tcc, payment)
+    return _pay_with_card(tcc, payment, requested=channel)
+
+
+def _pay_with_wallet(tcc: TccTransaction, payment: Payment) -> Payment:
+    _branch(tcc, WALLET, B.REGISTERED)
+    try:
+        fence_try(
+            using="default",
+            xid=tcc.xid,
+            branch=WALLET,
+            effect=lambda: ledger.wallet_freeze(
+                user_id=payment.user_id,
+                amount=payment.amount,
+                currency=payment.currency,
+                reference=tcc.xid,
+            ),
+        )
+    except InsufficientFunds as exc:
+        _branch(tcc, WALLET, B.FAILED, exc.message)
+        return _fail(tcc, payment, "insufficient_funds", exc.message)
+    _branch(tcc, WALLET, B.TRIED)
+    return _succeed(tcc, payment)
+
+
+def _pay_with_card(tcc: TccTransaction, payment: Payment, *, requested: str | None) -> Payment:
+    candidates = channels_rank(method=CARD, amount=payment.amount)
+    if requested:
+        candidates = [c for c in candidates if c.channel.code == requested]
+    if not candidates:
+        return _fail(tcc, payment, "no_channel_available", "No card channel can take it now.")
+    for rank, candidate in enumerate(candidates, start=1):
+        code = candidate.channel.code
+        reason = candidate.reason(rank, len(candidates))
+        outcome = _authorize(tcc, payment, code, reason)
+        if outcome == "authorized":
+            _set_payment(payment, channel=code)
+            return _succeed(tcc, payment)
+        if outcome == "declined":
+            return _fail(tcc, payment, "payment_declined", f"Declined by {code}.")
+        if outcome == "unknown":
+            _set_payment(payment, status=PaymentStatus.UNKNOWN, channel=code)
+            tcc.next_retry_at = timezone.now() + timedelta(seconds=settings.TCC_TRYING_TIMEOUT)
+            tcc.save(update_fields=["next_retry_at", "updated_at"])
+            return payment
+        # "unavailable": nothing happened at this channel; fail over to the next one
+    return _fail(tcc, payment, "no_channel_available", "Every card channel failed.")
+
+
+def _authorize(tcc: TccTransaction, payment: Payment, code: str, reason: str) -> str:
+    """authorized | declined | unavailable | unknown, with the attempt recorded."""
+    branch = f"{CHANNEL_PREFIX}{code}"
+    _branch(tcc, branch, B.REGISTERED, reason)
+    try:
+        fence_try(using="default", xid=tcc.xid, branch=branch, effect=lambda: None)
+    except FenceRefused:
+        return "unavailable"
+    client = ChannelClient(code)
+    started = timezone.now()
+
+    def elapsed() -> int:
+        return int((timezone.now() - started).total_seconds() * 1000)
+
+    try:
+        reply = client.authorize(
+            payment_id=payment.id, amount=payment.amount, currency=payment.currency
+        )
+    except ChannelOutcomeUnknown as exc:
+        # Never try another channel blindly: settle what happened at this one first.
+        _attempt(payment, code, "timeout", reason, str(exc), elapsed())
+        reply = _settle_lost_authorization(client, payment)
+        if reply is None:
+            _branch(tcc, branch, B.UNKNOWN, str(exc))
+            return "unknown"
+    except ChannelRejected as exc:
+        _attempt(payment, code, "rejected", reason, str(exc), elapsed())
+        _cancel_channel_branch(tcc, payment, code)
+        return "declined"
+    except ChannelError as exc:
+        _attempt(payment, code, "unavailable", reason, str(exc), elapsed())
+        _cancel_channel_branch(tcc, payment, code)
+        return "unavailable"
+    else:
+        _attempt(payment, code, reply.get("status", "?"), reason, "", elapsed())
+
+    status = reply.get("status")
+    if status in ("authorized", "captured"):
+        _branch(tcc, branch, B.TRIED, reason)
+        return "authorized"
+    _cancel_channel_branch(tcc, payment, code)
+    if status == "declined":
+        return "declined"
+    return "unavailable"  # not_found after a timeout: it never happened there
+
+
+def _settle_lost_authorization(client: ChannelClient, payment: Payment) -> dict[str, Any] | None:
+    """After an authorization's answer was lost: ask the channel; if it has no trace, our
+    request may still be on its way, so repeat the very same request (our payment id is its
+    idempotency key: at most one authorization can result) to get a definite answer. None
+    when the outcome stays unknown."""
+    for _ in range(2):
+        try:
+            reply = client.status(payment_id=payment.id)
+        except ChannelError as exc:
+            _attempt(payment, client.code, "unknown", "status query after a lost answer", str(exc))
+            return None
+        status = reply.get("status")
+        _attempt(payment, client.code, f"queried:{status}", "status query after a lost answer")
+        if status != "not_found":
+            return reply
+        try:
+            return client.authorize(
+                payment_id=payment.id, amount=payment.amount, currency=payment.currency
+            )
+        except ChannelOutcomeUnknown:
+            continue
+        except ChannelError as exc:
+            _attempt(payment, client.code, "unknown", "repeated authorization", str(exc))
+            return None
+    return None
+
+
+def _cancel_channel_branch(tcc: TccTransaction, payment: Payment, code: str) -> None:
+    branch = f"{CHANNEL_PREFIX}{code}"
+    fence_cancel(using="default", xid=tcc.xid, branch=branch, effect=lambda: None)
+    _branch(tcc, branch, B.CANCELLED)
+
+
+# --- Decisions ----------------------------------------------------------------------------------
+
+
+def _decide(tcc: TccTransaction, status: str) -> str:
+    """Persist the coordinator's decision before acting on it (recovery re-runs it). Only a
+    transaction still `trying` can be decided; if another process (the live request or the
+    recovery job) decided first, its decision stands and is returned."""
+    decided = TccTransaction.objects.filter(id=tcc.id, status=T.TRYING).update(
+        status=status,
+        next_retry_at=timezone.now() + timedelta(seconds=settings.TCC_RETRY_INITIAL),
+        updated_at=timezone.now(),
+    )
+    tcc.refresh_from_db()
+    if not decided and tcc.status != status:
+        logger.warning("TCC %s was already decided %s; following it", tcc.xid, tcc.status)
+    return tcc.status
+
+
+def _act(tcc: TccTransaction) -> None:
+    if tcc.status == T.CONFIRMING:
+        _confirm(tcc)
+    elif tcc.status == T.CANCELLING:
+        _cancel(tcc)
+
+
+def _succeed(tcc: TccTransaction, payment: Payment) -> Payment:
+    _decide(tcc, T.CONFIRMING)
+    try:
+        _act(tcc)
+    except (ChannelError, DatabaseError, FenceRefused) as exc:
+        logger.warning("payment %s decided but not yet confirmed: %s", payment.id, exc)
+        _note_failure(tcc, exc)
+    return _payment(payment.id)
+
+
+def _fail(tcc: TccTransaction, payment: Payment, code: str, detail: str) -> Payment:
+    _set_payment(payment, failure_code=code, failure_detail=detail[:300])
+    _decide(tcc, T.CANCELLING)
+    try:
+        _act(tcc)
+    except (ChannelError, DatabaseError, FenceRefused) as exc:
+        logger.warning("payment %s decided failed but not yet cancelled: %s", payment.id, exc)
+        _note_failure(tcc, exc)
+    return _payment(payment.id)
+
+
+def _note_failure(tcc: TccTransaction, exc: Exception) -> None:
+    tcc.attempts += 1
+    delay = min(settings.TCC_RETRY_INITIAL * 2**tcc.attempts, settings.TCC_RETRY_MAX)
+    tcc.next_retry_at = timezone.now() + timedelta(seconds=delay)
+    tcc.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+    tcc.save(update_fields=["attempts", "next_retry_at", "last_error", "updated_at"])
+
+
+def _branches(tcc: TccTransaction) -> dict[str, str]:
+    return dict(tcc.branches.values_list("branch", "status"))
+
+
+def _confirm(tcc: TccTransaction) -> None:
+    """Confirm every tried branch (idempotent), the order last."""
+    payment = _payment(tcc.payment_id)
+    for name, status in _branches(tcc).items():
+        if name == WALLET and status in (B.TRIED, B.CONFIRMED):
+            fence_confirm(
+                using="default",
+                xid=tcc.xid,
+                branch=WALLET,
+                effect=lambda: ledger.wallet_capture(
+                    user_id=payment.user_id,
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    reference=tcc.xid,
+                ),
+            )
+            _branch(tcc, WALLET, B.CONFIRMED)
+        elif name.startswith(CHANNEL_PREFIX) and status in (B.TRIED, B.UNKNOWN, B.CONFIRMED):
+            code = name.removeprefix(CHANNEL_PREFIX)
+            _channel_capture(ChannelClient(code), payment.id)
+            channel = PaymentChannel.objects.get(code=code)
+            fence_confirm(
+                using="default",
+                xid=tcc.xid,
+                branch=name,
+                effect=lambda code=code, channel=channel: ledger.card_capture(
+                    channel=code,
+                    amount=payment.amount,
+                    fee=channel.fee_for(payment.amount),
+                    currency=payment.currency,
+                    reference=tcc.xid,
+                ),
+            )
+            _branch(tcc, name, B.CONFIRMED)
+    _confirm_order(tcc, payment)
+    tcc.status = T.CONFIRMED
+    tcc.next_retry_at = None
+    tcc.save(update_fields=["status", "next_retry_at", "updated_at"])
+
+
+def _channel_capture(client: ChannelClient, payment_id: int) -> None:
+    """Capture (idempotent at the channel); a lost answer is settled by asking."""
+    try:
+        client.capture(payment_id=payment_id)
+    except ChannelOutcomeUnknown:
+        if client.status(payment_id=payment_id).get("status") != "captured":
+            raise
+
+
+def _channel_void(client: ChannelClient, payment_id: int) -> None:
+    """Void whatever the channel authorized; nothing there (declined, never arrived, already
+    voided) is fine. A lost answer is settled by asking."""
+    try:
+        client.void(payment_id=payment_id)
+    except ChannelRejected:
+        pass
+    except ChannelOutcomeUnknown:
+        status = client.status(payment_id=payment_id).get("status")
+        if status not in ("voided", "declined", "not_found"):
+            raise
+
+
+def _confirm_order(tcc: TccTransaction, payment: Payment) -> None:
+    alias = payment._state.db
+
+    def effect() -> None:
+        orders.order_mark_paid(
+            order_id=payment.order_id,
+            actor="system",
+            reason=f"payment {payment.id} captured",
+            commit_stock=False,
+            in_transaction=lambda order: (
+                Payment.objects.using(alias)
+                .filter(id=payment.id)
+                .update(
+                    status=PaymentStatus.SUCCEEDED,
+                    captured_amount=payment.amount,
+                    settled_at=timezone.now(),
+                    updated_at=timezone.now(),
+                )
+            ),
+        )
+
+    if fence_confirm(using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id,
+                     effect=effect):  # fmt: skip
+        orders.order_stock_commit(order_id=payment.order_id)
+    _branch(tcc, "order", B.CONFIRMED)
+
+
+def _cancel(tcc: TccTransaction) -> None:
+    """Cancel every branch (idempotent; empty rollbacks for branches never tried), the order
+    last so no second payment starts while this one still holds money."""
+    payment = Payment.objects.using(shard_for_id(tcc.payment_id)).filter(id=tcc.payment_id).first()
+    for name, status in _branches(tcc).items():
+        if name == WALLET:
+            fence_cancel(
+                using="default",
+                xid=tcc.xid,
+                branch=WALLET,
+                effect=lambda: ledger.wallet_unfreeze(
+                    user_id=payment.user_id,
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    reference=tcc.xid,
+                ),
+            )
+            _branch(tcc, WALLET, B.CANCELLED)
+        elif name.startswith(CHANNEL_PREFIX) and status != B.CANCELLED:
+            code = name.removeprefix(CHANNEL_PREFIX)
+            if payment is not None:
+                _channel_void(ChannelClient(code), payment.id)
+            fence_cancel(using="default", xid=tcc.xid, branch=name, effect=lambda: None)
+            _branch(tcc, name, B.CANCELLED)
+    _cancel_order(tcc, payment)
+    tcc.status = T.CANCELLED
+    tcc.next_retry_at = None
+    tcc.save(update_fields=["status", "next_retry_at", "updated_at"])
+
+
+def _cancel_order(tcc: TccTransaction, payment: Payment | None) -> None:
+    alias = shard_for_id(tcc.payment_id)
+
+    def effect() -> None:
+        if payment is None:
+            return
+        Payment.objects.using(alias).filter(id=payment.id).update(
+            status=PaymentStatus.FAILED,
+            failure_code=payment.failure_code or "cancelled",
+            updated_at=timezone.now(),
+        )
+        order = Order.objects.using(alias).get(id=payment.order_id)
+        orders.order_payment_end(order=order)
+
+    fence_cancel(using=alias, xid=tcc.xid, branch="order", user_id=tcc.user_id, effect=effect)
+    _branch(tcc, "order", B.CANCELLED)
+
+
+# --- Recovery -----------------------------------------------------------------------------------
+
+
+def tcc_drive(tcc: TccTransaction) -> str:
+    """Move one open transaction on: re-run its decision, or decide a stale `trying` one by
+    asking the channel. Returns its status afterwards."""
+    if tcc.status == T.CONFIRMING:
+        _confirm(tcc)
+    elif tcc.status == T.CANCELLING:
+        _cancel(tcc)
+    elif tcc.status == T.TRYING:
+        _decide_stale(tcc)
+    return tcc.status
+
+
+def _decide_stale(tcc: TccTransaction) -> None:
+    payment = Payment.objects.using(shard_for_id(tcc.payment_id)).filter(id=tcc.payment_id).first()
+    branches = _branches(tcc)
+    channel_branches = [
+        name
+        for name, status in branches.items()
+        if name.startswith(CHANNEL_PREFIX) and status in (B.TRIED, B.UNKNOWN, B.REGISTERED)
+    ]
+    for name in channel_branches:
+        code = name.removeprefix(CHANNEL_PREFIX)
+        status = ChannelClient(code).status(payment_id=tcc.payment_id).get("status")
+        if status in ("authorized", "captured") and payment is not None:
+            _attempt(payment, code, f"queried:{status}", "recovery status query")
+            _branch(tcc, name, B.TRIED)
+            _set_payment(payment, channel=code, status=PaymentStatus.PENDING)
+            order = Order.objects.using(payment._state.db).get(id=payment.order_id)
+            if order.status == orders.S.PENDING_PAYMENT:
+                _decide(tcc, T.CONFIRMING)
+                _act(tcc)
+                return
+        elif payment is not None:
+            _attempt(payment, code, f"queried:{status}", "recovery status query")
+    # Nothing authorized anywhere (or the order cannot take it any more): presumed abort.
+    if payment is not None and not payment.failure_code:
+        _set_payment(payment, failure_code="abandoned", failure_detail="not completed in time")
+    _decide(tcc, T.CANCELLING)
+    _act(tcc)
+
+
+def tcc_recover(*, limit: int = 100) -> dict[str, int]:
+    """Drive every open transaction that is due (beat, every TCC_RECOVERY_SECONDS), backing
+    off exponentially on failure. Returns counts by resulting status."""
+    now = timezone.now()
+    due = TccTransaction.objects.filter(
+        status__in=[T.TRYING, T.CONFIRMING, T.CANCELLING], next_retry_at__lte=now
+    ).order_by("next_retry_at")[:limit]
+    counts: dict[str, int] = {}
+    for tcc in due:
+        try:
+            status = tcc_drive(tcc)
+        except (ChannelError, DatabaseError, FenceRefused) as exc:
+            logger.warning("TCC %s not finished yet: %s", tcc.xid, exc)
+            _note_failure(tcc, exc)
+            status = "retry"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def payment_settle_now(*, payment_id: int) -> str | None:
+    """Settle one payment's transaction now (a webhook arrived, an operator asked): the
+    channel is asked, never trusted blindly. Returns the transaction's status."""
+    tcc = TccTransaction.objects.filter(payment_id=payment_id).first()
+    if tcc is None or tcc.status in (T.CONFIRMED, T.CANCELLED):
+        return tcc.status if tcc else None
+    if tcc.status == T.TRYING and tcc.next_retry_at and tcc.next_retry_at > timezone.now():
+        # Still being tried by the request that started it, unless that request has already
+        # given up on an answer (payment `unknown`): leave it alone until then.
+        payment = Payment.objects.using(shard_for_id(payment_id)).filter(id=payment_id).first()
+        if payment is None or payment.status != PaymentStatus.UNKNOWN:
+            return tcc.status
+    try:
+        return tcc_drive(tcc)
+    except (ChannelError, DatabaseError, FenceRefused) as exc:
+        _note_failure(tcc, exc)
+        return tcc.status
+
+
+__all__ = ["ChannelUnavailable", "payment_pay", "payment_settle_now", "tcc_drive", "tcc_recover"]

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from apps.payments import services
+
+
+@shared_task(name="apps.payments.tasks.tcc_recover", ignore_result=True)
+def tcc_recover() -> dict[str, int]:
+    return services.tcc_recover()
+
+
+@shared_task(name="apps.payments.tasks.refunds_retry", ignore_result=True)
+def refunds_retry() -> int:
+    return services.refunds_retry()

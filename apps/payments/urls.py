@@ -1,0 +1,7 @@
+from django.urls import path
+
+from apps.payments import views
+
+urlpatterns = [
+    path("orders/<int:order_id>/pay/", views.order_pay, name="order-pay"),
+]

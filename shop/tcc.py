@@ -1,0 +1,133 @@
+"""TCC fences: the participant side of try / confirm / cancel.
+
+Each branch keeps a fence row in its own database, written in the same local transaction as
+its business effect, which makes a participant safe against every disorder a coordinator and
+a network can produce:
+
+* **try** inserts the fence (`tried`) and applies the effect together; a try whose branch was
+  already cancelled finds the fence (`suspended`) and is refused — no hanging reservation;
+  a repeated try does nothing.
+* **confirm** applies its effect and marks the fence `confirmed` together; repeated, it does
+  nothing; it refuses a branch that was never tried or was cancelled.
+* **cancel** of a tried branch undoes the effect and marks `cancelled` together; a cancel
+  that arrives before any try only records `suspended` (the empty rollback); repeated, it does
+  nothing. Two concurrent cancels with no try leave one fence row.
+* an exception inside the effect rolls the fence back with it.
+
+Fences are kept TCC_FENCE_RETENTION_DAYS (longer than any retry window), then deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from shop.models import FenceStatus, TccFence, TccShardFence
+from shop.sharding import order_shard_aliases
+
+T = TypeVar("T")
+
+
+class FenceRefused(Exception):
+    """The branch cannot do that: tried after its cancel, confirm without try, and so on."""
+
+
+def _model(using: str) -> type[models.Model]:
+    return TccFence if using == "default" else TccShardFence
+
+
+def _fields(using: str, xid: str, branch: str, user_id: int | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"xid": xid, "branch": branch}
+    if using != "default":
+        fields["user_id"] = user_id
+    return fields
+
+
+def fence_try(
+    *, using: str, xid: str, branch: str, effect: Callable[[], T], user_id: int | None = None
+) -> T | None:
+    """Run ``effect`` as the branch's try, once. Returns its result, or None if the branch
+    had already been tried. Raises FenceRefused if it was cancelled first."""
+    model = _model(using)
+    fields = _fields(using, xid, branch, user_id)
+    with transaction.atomic(using=using):
+        try:
+            with transaction.atomic(using=using):
+                model.objects.using(using).create(status=FenceStatus.TRIED, **fields)
+        except IntegrityError:
+            existing = model.objects.using(using).get(**fields)
+            if existing.status == FenceStatus.TRIED or existing.status == FenceStatus.CONFIRMED:
+                return None
+            raise FenceRefused(f"{xid}/{branch} was cancelled before its try") from None
+        return effect()
+
+
+def fence_confirm(
+    *, using: str, xid: str, branch: str, effect: Callable[[], Any], user_id: int | None = None
+) -> bool:
+    """Run ``effect`` as the branch's confirm, once. False if it was already confirmed."""
+    model = _model(using)
+    with transaction.atomic(using=using):
+        fence = (
+            model.objects.using(using)
+            .select_for_update()
+            .filter(**_fields(using, xid, branch, user_id))
+            .first()
+        )
+        if fence is None:
+            raise FenceRefused(f"{xid}/{branch}: confirm without a try")
+        if fence.status == FenceStatus.CONFIRMED:
+            return False
+        if fence.status != FenceStatus.TRIED:
+            raise FenceRefused(f"{xid}/{branch}: cannot confirm a {fence.status} branch")
+        effect()
+        fence.status = FenceStatus.CONFIRMED
+        fence.save(using=using, update_fields=["status", "updated_at"])
+        return True
+
+
+def fence_cancel(
+    *, using: str, xid: str, branch: str, effect: Callable[[], Any], user_id: int | None = None
+) -> bool:
+    """Undo the branch's try with ``effect``, once. Before any try it only records the cancel
+    (empty rollback, so a late try is refused). False when there was nothing to undo."""
+    model = _model(using)
+    fields = _fields(using, xid, branch, user_id)
+    with transaction.atomic(using=using):
+        fence = model.objects.using(using).select_for_update().filter(**fields).first()
+        if fence is None:
+            try:
+                with transaction.atomic(using=using):
+                    model.objects.using(using).create(status=FenceStatus.SUSPENDED, **fields)
+                return False
+            except IntegrityError:
+                # A concurrent try or cancel inserted it first: act on what it wrote.
+                fence = model.objects.using(using).select_for_update().get(**fields)
+        if fence.status in (FenceStatus.CANCELLED, FenceStatus.SUSPENDED):
+            return False
+        if fence.status == FenceStatus.CONFIRMED:
+            raise FenceRefused(f"{xid}/{branch}: cannot cancel a confirmed branch")
+        effect()
+        fence.status = FenceStatus.CANCELLED
+        fence.save(using=using, update_fields=["status", "updated_at"])
+        return True
+
+
+def fence_status(*, using: str, xid: str, branch: str, user_id: int | None = None) -> str | None:
+    model = _model(using)
+    fence = model.objects.using(using).filter(**_fields(using, xid, branch, user_id)).first()
+    return fence.status if fence else None
+
+
+def fences_cleanup() -> int:
+    """Delete fences older than TCC_FENCE_RETENTION_DAYS on every database."""
+    cutoff = timezone.now() - timedelta(days=settings.TCC_FENCE_RETENTION_DAYS)
+    deleted = TccFence.objects.filter(created_at__lt=cutoff).delete()[0]
+    for alias in order_shard_aliases():
+        deleted += TccShardFence.objects.using(alias).filter(created_at__lt=cutoff).delete()[0]
+    return deleted

@@ -1,0 +1,142 @@
+"""Webhooks: authenticated, fresh, applied once — and only ever a reason to ask the channel."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from apps.orders.models import Order
+from apps.payments.models import Payment, TccTransaction, WebhookEvent
+from apps.payments.services import payment_pay
+from apps.payments.services.webhooks import channel_webhook_secret, webhook_signature
+from shop.sharding import shard_for_id
+from tests.orders.conftest import assert_invariants_hold
+
+ALL = "__all__"
+URL = "/api/v1/payments/webhooks/alpha/"
+
+
+def _post(client, event, *, timestamp=None, secret=None, signature=None):
+    body = json.dumps(event).encode()
+    timestamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = signature or webhook_signature(
+        secret=secret or channel_webhook_secret("alpha"), timestamp=timestamp, body=body
+    )
+    return client.post(
+        URL, body, content_type="application/json",
+        HTTP_X_ACQUIRER_TIMESTAMP=timestamp, HTTP_X_ACQUIRER_SIGNATURE=signature,
+    )  # fmt: skip
+
+
+def _event(payment_id="1", **fields):
+    return {"event_id": str(uuid.uuid4()), "type": "payment.captured", "channel": "alpha",
+            "payment_id": str(payment_id), "status": "captured", **fields}  # fmt: skip
+
+
+@pytest.mark.django_db(databases=ALL)
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"secret": "wrong-secret"},
+        {"timestamp": int(time.time()) - 3600},
+        {"signature": "sha256=00"},
+    ],
+)
+def test_bad_signatures_and_stale_timestamps_are_rejected(client, channels, tamper):
+    response = _post(client, _event(), **tamper)
+    assert response.status_code == 400
+    assert response.json()["code"] == "webhook_rejected"
+    assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_unknown_channels_and_missing_headers_are_rejected(client, channels):
+    assert (
+        client.post(
+            "/api/v1/payments/webhooks/nope/", b"{}", content_type="application/json"
+        ).status_code
+        == 400
+    )
+    assert client.post(URL, b"{}", content_type="application/json").status_code == 400
+    assert not WebhookEvent.objects.exists()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_a_replayed_event_is_recorded_once(client, channels):
+    event = _event(payment_id="12345")
+    first, again = _post(client, event), _post(client, event)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["outcome"] == "ignored"  # no payment of ours with that id
+    assert again.json()["outcome"] == "duplicate"
+    assert WebhookEvent.objects.count() == 1
+
+
+@pytest.mark.needs_redis
+@pytest.mark.django_db(databases=ALL)
+def test_a_notification_settles_an_unknown_payment_by_asking_the_channel(
+    client, acquirer, channels, shopper, order, settings
+):
+    # Given a card payment left unknown (the channel's answers timed out)
+    acquirer.set_faults("alpha", timeout_rate=1.0, timeout_ms=1500)
+    settings.BREAKER_CALL_TIMEOUT = 0.5
+    payment = payment_pay(order_id=order.id, user_id=shopper.id, method="card")
+    assert payment.status == "unknown"
+    acquirer.set_faults("alpha")
+    time.sleep(1.6)
+
+    # A forged "captured" claim for it changes nothing: it is not verified
+    assert _post(client, _event(payment.id), secret="forged").status_code == 400
+    assert Payment.objects.using(shard_for_id(payment.id)).get(id=payment.id).status == "unknown"
+
+    # A genuine notification makes the shop ask the channel, which settles it
+    event = _event(payment.id, type="payment.authorized", status="authorized")
+    assert _post(client, event).json()["outcome"] == "confirmed"
+    assert _post(client, event).json()["outcome"] == "duplicate"
+    assert Payment.objects.using(shard_for_id(payment.id)).get(id=payment.id).status == "succeeded"
+    assert Order.objects.using(shard_for_id(order.id)).get(id=order.id).status == "paid"
+    assert TccTransaction.objects.get(payment_id=payment.id).status == "confirmed"
+    assert_invariants_hold()
+
+
+@pytest.mark.needs_redis
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases=ALL, transaction=True)
+def test_the_acquirer_delivers_signed_duplicated_webhooks_applied_once(
+    live_server, channels, settings
+):
+    from apps.orders import services as orders
+    from apps.payments.services.ledger import wallet_topup
+    from tests.factories.catalog import product_with_skus
+    from tests.factories.users import UserFactory
+    from tests.payments.acquirer_process import SandboxAcquirer
+    from tests.workers import wait_for
+
+    hooks = SandboxAcquirer(
+        webhook_url=f"{live_server.url}/api/v1/payments/webhooks",
+        secret=settings.ACQUIRER_WEBHOOK_SECRET,
+        faults={"alpha": {"duplicate_webhooks": True}},
+    ).start()
+    try:
+        settings.ACQUIRER_URL = hooks.url
+        buyer = UserFactory(username="hooked")
+        wallet_topup(user_id=buyer.id, amount=1, currency="EUR", reference="h", actor="t")
+        sku = product_with_skus(stock=3).skus.get()
+        order = orders.order_place(user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1}])
+        payment = payment_pay(order_id=order.id, user_id=buyer.id, method="card")
+        assert payment.status == "succeeded"
+        # authorized + captured, each delivered twice, each recorded once
+        wait_for(
+            lambda: WebhookEvent.objects.filter(payment_id=str(payment.id)).count() >= 2, timeout=20
+        )
+        time.sleep(1)
+    finally:
+        hooks.close()
+    events = WebhookEvent.objects.filter(payment_id=str(payment.id))
+    assert sorted(events.values_list("event_type", flat=True)) == [
+        "payment.authorized",
+        "payment.captured",
+    ]
+    assert_invariants_hold()
