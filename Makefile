@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout clean
@@ -23,10 +22,11 @@ seed: migrate
 	$(PY) manage.py seed_demo
 
 ## Set up, seed the demo shop and serve it on http://127.0.0.1:8000 (embedded default profile,
-## or the services profile when its variables are set).
+## or the services profile when its variables are set), with the sandbox acquirer (card
+## payments) and the periodic jobs (expiry sweep, payment recovery) beside it.
 run: seed
-	@echo "Serving the shop on http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	@echo "Serving the shop on http://127.0.0.1:$(PORT)/  (admin: http://127.0.0.1:$(PORT)/admin/)"
+	WEB_PORT=$(PORT) PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/honcho -f Procfile.dev start
 
 ## The whole test suite, on whatever profile the environment selects.
 test: install

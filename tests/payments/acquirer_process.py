@@ -34,6 +34,8 @@ from typing import Any
 from apps.payments.sandbox.acquirer import CHANNELS, DEFAULT_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
+# Loopback calls never go through an HTTP(S)_PROXY from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _LISTENING = re.compile(r"listening on (http://[\w.\-]+:(\d+))")
 
 
@@ -193,7 +195,7 @@ class SandboxAcquirer:
             headers={"Content-Type": "application/json"} if data is not None else {},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
+            with _OPENER.open(request, timeout=timeout) as answer:
                 status, content_type, raw = (
                     answer.status,
                     answer.headers.get("Content-Type", ""),

@@ -684,6 +684,8 @@ class WebhookSender:
         self.secret = secret
         self.delivered = 0
         self.failed = 0
+        # Straight to the shop: never through an HTTP(S)_PROXY from the environment.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
@@ -732,7 +734,7 @@ class WebhookSender:
                 },
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.TIMEOUT) as answer:  # noqa: S310
+                with self._opener.open(request, timeout=self.TIMEOUT) as answer:
                     if 200 <= answer.status < 300:
                         return True
             except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError: OSError
