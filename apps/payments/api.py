@@ -140,12 +140,16 @@ class WebhookReceiveApi(APIView):
 
     @extend_schema(request=None, responses={200: None})
     def post(self, request: Request, channel: str) -> Response:
-        event = services.webhook_verify(
-            channel=channel,
-            timestamp=request.headers.get("X-Acquirer-Timestamp"),
-            signature=request.headers.get("X-Acquirer-Signature"),
-            body=request.body,
-        )
+        try:
+            event = services.webhook_verify(
+                channel=channel,
+                timestamp=request.headers.get("X-Acquirer-Timestamp"),
+                signature=request.headers.get("X-Acquirer-Signature"),
+                body=request.body,
+            )
+        except WebhookRejected:
+            services.webhook_distrusted(body=request.body)
+            raise
         outcome = services.webhook_receive(channel=channel, event=event)
         return Response({"received": True, "outcome": outcome})
 

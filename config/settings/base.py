@@ -415,6 +415,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "celery": {"level": LOG_LEVEL},
+        # Eager Celery (embedded profile) still opens its in-memory transport, and kombu warns
+        # about the missing host name every time; nothing is wrong.
+        "kombu.connection": {"level": "ERROR" if CELERY_TASK_ALWAYS_EAGER else LOG_LEVEL},
     },
 }
 

@@ -7,7 +7,7 @@ from apps.payments.services.coordinator import (
 )
 from apps.payments.services.ledger import wallet_topup
 from apps.payments.services.refunds import refund_create, refund_execute, refunds_retry
-from apps.payments.services.webhooks import webhook_receive, webhook_verify
+from apps.payments.services.webhooks import webhook_distrusted, webhook_receive, webhook_verify
 
 __all__ = [
     "payment_pay",
@@ -17,6 +17,7 @@ __all__ = [
     "refunds_retry",
     "tcc_recover",
     "wallet_topup",
+    "webhook_distrusted",
     "webhook_receive",
     "webhook_verify",
 ]

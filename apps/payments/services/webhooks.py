@@ -61,6 +61,19 @@ def webhook_verify(*, channel: str, timestamp: str | None, signature: str | None
     return event
 
 
+def webhook_distrusted(*, body: bytes) -> str | None:
+    """A notification that failed verification is not applied, but if it names a payment of
+    ours that is still open we ask the channel about it: a real notification with a broken
+    signature must not leave a payment unsettled, and a forged one only costs a query."""
+    try:
+        raw_id = str(json.loads(body).get("payment_id", ""))
+    except (ValueError, AttributeError):
+        return None
+    if not raw_id.isdigit() or not id_is_plausible(int(raw_id)):
+        return None
+    return payment_settle_now(payment_id=int(raw_id))
+
+
 def webhook_receive(*, channel: str, event: dict[str, Any]) -> str:
     """Record a verified event once and settle its payment from the channel's own answer.
     Returns "duplicate", "ignored" (no payment of ours) or the payment's TCC status."""
