@@ -25,16 +25,11 @@ import argparse
 import json
 import random
 import shlex
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -43,16 +38,16 @@ from psycopg.conninfo import make_conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    PYTHON,
     ROOT,
-    LoadResult,
+    audit,
     bench_env,
     gunicorn,
     load,
+    lua_list,
     manage,
-    percentile,
     print_table,
     save,
+    threaded_load,
 )
 
 SPREAD_UNITS = 1_000_000  # per spread SKU: far more than a run can sell
@@ -66,14 +61,12 @@ ORDERS_API = "/api/v1/orders/"
 PREPARE = """
 import json
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from apps.catalog.models import Sku
 from apps.catalog.selectors import skus_for_checkout
 from apps.catalog.services import catalog_changed
 from apps.inventory.models import Stock
 from apps.inventory.services import stock_receive
-from shop.sharding import logical_shard_for_user, shard_for_user
+from bench.common import shop_buyers, shop_databases
 from shop.sharding.ids import _POSTGRES_NEXT_ID
 
 SKUS, USERS, SPREAD_UNITS, HOT_UNITS = {skus}, {users}, {spread_units}, {hot_units}
@@ -101,34 +94,14 @@ for group, skus in groups.items():
         if have.get(sku.id, 0) < target:
             stock_receive(sku_id=sku.id, quantity=target - have.get(sku.id, 0))
             received += 1
-names = ["buyer" if i == 1 else f"buyer{{i}}" for i in range(1, USERS + 1)]
-users = list(get_user_model().objects.filter(username__in=names).order_by("id"))
-if len(users) != USERS:
-    raise SystemExit(f"found {{len(users)}} of {{USERS}} buyers")
-buyers = [
-    {{
-        "id": user.id,
-        "token": Token.objects.get_or_create(user=user)[0].key,
-        "alias": shard_for_user(user.id),
-        "logical": logical_shard_for_user(user.id),
-    }}
-    for user in users
-]
-shards = {{}}
-for alias in ["default", *settings.ORDER_SHARD_ALIASES]:
-    db = settings.DATABASES[alias]
-    shards[alias] = {{
-        "host": db["HOST"], "port": db["PORT"], "user": db["USER"],
-        "password": db["PASSWORD"], "dbname": db["NAME"],
-    }}
 print(json.dumps({{
     "skus": {{
         group: [{{"id": s.id, "code": s.code, "product_id": s.product_id, "name": s.name,
                  "price": s.price, "currency": s.currency}} for s in skus]
         for group, skus in groups.items()
     }},
-    "buyers": buyers,
-    "databases": shards,
+    "buyers": shop_buyers(USERS),
+    "databases": shop_databases(),
     "next_id_sql": _POSTGRES_NEXT_ID,
     "ttl": settings.ORDER_RESERVATION_TTL,
     "topped_up": received,
@@ -183,90 +156,62 @@ class SoldOut(Exception):
     pass
 
 
-@dataclass
-class _Raw:
-    latencies: list[float]
-    statuses: Counter[str]
-
-
-def _raw_worker(data: dict, skus: list[dict], stop: float, seed: int, out: _Raw) -> None:
+def _raw_worker(data: dict, skus: list[dict], seed: int):
+    """One baseline thread: its own connection per database; each step is one checkout."""
     rng = random.Random(seed)
-    dsn = {alias: make_conninfo(**params) for alias, params in data["databases"].items()}
-    conns = {alias: psycopg.connect(conninfo, autocommit=True) for alias, conninfo in dsn.items()}
+    conns = {
+        alias: psycopg.connect(make_conninfo(**params), autocommit=True)
+        for alias, params in data["databases"].items()
+    }
     default, ttl = conns["default"], data["ttl"]
-    try:
-        while time.monotonic() < stop:
-            buyer, sku = rng.choice(data["buyers"]), rng.choice(skus)
-            shard = conns[buyer["alias"]]
-            started = time.perf_counter()
+
+    def step() -> str:
+        buyer, sku = rng.choice(data["buyers"]), rng.choice(skus)
+        shard = conns[buyer["alias"]]
+        try:
+            order_id = shard.execute(data["next_id_sql"], [buyer["logical"]]).fetchone()[0]
+            with default.transaction():
+                if default.execute(RESERVE, [sku["id"]]).rowcount != 1:
+                    raise SoldOut
+                default.execute(INSERT_RESERVATION, [order_id, buyer["id"], sku["id"], ttl])
             try:
-                order_id = shard.execute(data["next_id_sql"], [buyer["logical"]]).fetchone()[0]
+                with shard.transaction():
+                    shard.execute(
+                        INSERT_ORDER, [order_id, buyer["id"], sku["currency"], sku["price"], ttl]
+                    )
+                    shard.execute(
+                        INSERT_LINE,
+                        [order_id, buyer["id"], sku["id"], sku["code"], sku["product_id"],
+                         sku["name"], sku["price"], sku["price"]],
+                    )  # fmt: skip
+            except psycopg.Error:
                 with default.transaction():
-                    if default.execute(RESERVE, [sku["id"]]).rowcount != 1:
-                        raise SoldOut
-                    default.execute(INSERT_RESERVATION, [order_id, buyer["id"], sku["id"], ttl])
-                try:
-                    with shard.transaction():
-                        shard.execute(
-                            INSERT_ORDER,
-                            [order_id, buyer["id"], sku["currency"], sku["price"], ttl],
-                        )
-                        shard.execute(
-                            INSERT_LINE,
-                            [order_id, buyer["id"], sku["id"], sku["code"], sku["product_id"],
-                             sku["name"], sku["price"], sku["price"]],
-                        )  # fmt: skip
-                except psycopg.Error:
-                    with default.transaction():
-                        default.execute(RELEASE, [sku["id"]])
-                        default.execute(RELEASE_RESERVATION, [order_id])
-                    raise
-                label = "ok"
-            except SoldOut:
-                label = "out_of_stock"
-            except psycopg.Error as exc:
-                label = f"error {type(exc).__name__}"
-            out.latencies.append((time.perf_counter() - started) * 1000)
-            out.statuses[label] += 1
-    finally:
+                    default.execute(RELEASE, [sku["id"]])
+                    default.execute(RELEASE_RESERVATION, [order_id])
+                raise
+        except SoldOut:
+            return "out_of_stock"
+        except psycopg.Error as exc:
+            return f"error {type(exc).__name__}"
+        return "ok"
+
+    def close() -> None:
         for conn in conns.values():
             conn.close()
 
-
-def raw_load(name: str, data: dict, skus: list[dict], *, seconds: int, connections: int):
-    """``connections`` threads (each with its own connection per database) checking out as
-    fast as they can for ``seconds``."""
-    results = [_Raw([], Counter()) for _ in range(connections)]
-    stop = time.monotonic() + seconds
-    threads = [
-        threading.Thread(target=_raw_worker, args=(data, skus, stop, seed, results[seed]))
-        for seed in range(connections)
-    ]
-    began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    took = time.monotonic() - began
-    latencies = sorted(ms for r in results for ms in r.latencies)
-    statuses = sum((r.statuses for r in results), Counter())
-    return LoadResult(
-        name=name,
-        url="postgresql (psycopg)",
-        requests=len(latencies),
-        errors=len(latencies) - statuses["ok"],
-        seconds=took,
-        rps=len(latencies) / took,
-        p50_ms=statistics.median(latencies) if latencies else float("nan"),
-        p99_ms=percentile(latencies, 0.99),
-        tool="psycopg",
-        statuses=dict(statuses),
-    )
+    return step, close
 
 
 def raw_scenario(name: str, data: dict, skus: list[dict], *, seconds: int, connections: int):
-    raw_load(name, data, skus, seconds=2, connections=connections)  # warm-up, as load() does
-    return raw_load(name, data, skus, seconds=seconds, connections=connections)
+    """``connections`` threads checking out as fast as they can for ``seconds`` (after the
+    same warm-up as the HTTP loads)."""
+    return threaded_load(
+        name,
+        "postgresql (psycopg)",
+        lambda seed: _raw_worker(data, skus, seed),
+        seconds=seconds,
+        connections=connections,
+    )
 
 
 # --- HTTP checkout: wrk script and its Python twin ------------------------------------------
@@ -330,16 +275,9 @@ end
 """
 
 
-def _lua_list(values: list[str]) -> str:
-    for value in values:
-        if not value.isascii() or not value.isprintable() or '"' in value or "\\" in value:
-            raise ValueError(f"cannot embed {value!r} in the wrk script")
-    return "{" + ", ".join(f'"{value}"' for value in values) + "}"
-
-
 def lua_script(directory: Path, name: str, tokens: list[str], codes: list[str]) -> Path:
     path = directory / f"{name}.lua"
-    path.write_text(LUA.format(tokens=_lua_list(tokens), skus=_lua_list(codes)))
+    path.write_text(LUA.format(tokens=lua_list(tokens), skus=lua_list(codes)))
     return path
 
 
@@ -360,22 +298,6 @@ def request_factory(url: str, tokens: list[str], codes: list[str]):
         )
 
     return make
-
-
-def audit(env: dict[str, str]) -> bool:
-    result = subprocess.run(
-        [PYTHON, "manage.py", "audit_invariants"], cwd=ROOT, env=env, capture_output=True,
-        text=True,
-    )  # fmt: skip
-    lines = result.stdout.strip().splitlines()
-    violations = [line for line in lines if line.startswith("VIOLATION")]
-    for line in violations[:20]:
-        print(f"  {line}")
-    if len(violations) > 20:
-        print(f"  ... and {len(violations) - 20} more violations")
-    verdict = lines[-1] if lines else result.stderr.strip()[-500:]
-    print(f"audit_invariants: {verdict} (exit {result.returncode})")
-    return result.returncode == 0
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 RESULTS = ROOT / "bench" / "results"
+WARMUP_SECONDS = 2  # every scenario is driven this long, unmeasured, before its timed run
 
 BENCH_ENV = {
     "DJANGO_SETTINGS_MODULE": "config.settings.base",
@@ -60,6 +61,80 @@ def manage(*args: str, env: dict[str, str]) -> str:
     if result.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
     return result.stdout
+
+
+def manage_parallel(commands: list[list[str]], *, env: dict[str, str]) -> list[str]:
+    """Run several ``manage.py`` commands at once; their stdouts, in order. Fails if any
+    fails (after all have finished)."""
+    pipe = subprocess.PIPE
+    processes = [
+        subprocess.Popen(
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=env, text=True, stdout=pipe, stderr=pipe
+        )
+        for args in commands
+    ]
+    outputs = [process.communicate() for process in processes]
+    for args, process, (_, stderr) in zip(commands, processes, outputs, strict=True):
+        if process.returncode != 0:
+            raise SystemExit(f"manage.py {' '.join(args)[:200]} failed:\n{stderr}")
+    return [stdout for stdout, _ in outputs]
+
+
+def audit(env: dict[str, str]) -> bool:
+    """Run ``manage.py audit_invariants``; print its violations (the first 20) and verdict."""
+    result = subprocess.run(
+        [PYTHON, "manage.py", "audit_invariants"], cwd=ROOT, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    violations = [line for line in lines if line.startswith("VIOLATION")]
+    for line in violations[:20]:
+        print(f"  {line}")
+    if len(violations) > 20:
+        print(f"  ... and {len(violations) - 20} more violations")
+    verdict = lines[-1] if lines else result.stderr.strip()[-500:]
+    print(f"audit_invariants: {verdict} (exit {result.returncode})")
+    return result.returncode == 0
+
+
+# --- Shop-side helpers: only for code running inside `manage.py shell` ----------------------
+
+
+def shop_buyers(users: int) -> list[dict]:
+    """The seeded buyers ``buyer``, ``buyer2`` … ``buyer<users>`` (by id), each with an API
+    token, its shard alias and its logical shard."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from shop.sharding import logical_shard_for_user, shard_for_user
+
+    names = ["buyer" if i == 1 else f"buyer{i}" for i in range(1, users + 1)]
+    found = list(get_user_model().objects.filter(username__in=names).order_by("id"))
+    if len(found) != users:
+        raise SystemExit(f"found {len(found)} of {users} buyers")
+    return [
+        {
+            "id": user.id,
+            "token": Token.objects.get_or_create(user=user)[0].key,
+            "alias": shard_for_user(user.id),
+            "logical": logical_shard_for_user(user.id),
+        }
+        for user in found
+    ]
+
+
+def shop_databases() -> dict[str, dict]:
+    """psycopg connection parameters of ``default`` and every order shard, by alias."""
+    from django.conf import settings
+
+    databases = {}
+    for alias in ["default", *settings.ORDER_SHARD_ALIASES]:
+        db = settings.DATABASES[alias]
+        databases[alias] = {
+            "host": db["HOST"], "port": db["PORT"], "user": db["USER"],
+            "password": db["PASSWORD"], "dbname": db["NAME"],
+        }  # fmt: skip
+    return databases
 
 
 def free_port() -> int:
@@ -163,12 +238,16 @@ def _status_label(status: int, body: bytes, headers: Mapping[str, str] | None = 
     return f"{status} {code}" if code else str(status)
 
 
+Labeller = Callable[[int, bytes, Mapping[str, str] | None], str]
+
+
 def _python_load(
     name: str,
     url: str,
     seconds: int,
     connections: int,
     make_request: Callable[[], urllib.request.Request] | None = None,
+    label: Labeller = _status_label,
 ) -> LoadResult:
     latencies: list[float] = []
     errors = 0
@@ -183,17 +262,17 @@ def _python_load(
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
-                    label = _status_label(response.status, response.read(), response.headers)
+                    answer = label(response.status, response.read(), response.headers)
                     ok = 200 <= response.status < 400
             except urllib.error.HTTPError as exc:
-                label, ok = _status_label(exc.code, exc.read()), False
+                answer, ok = label(exc.code, exc.read(), None), False
             except OSError as exc:
-                label, ok = f"socket {type(exc).__name__}", False
+                answer, ok = f"socket {type(exc).__name__}", False
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 latencies.append(elapsed)
                 errors += not ok
-                statuses[label] += 1
+                statuses[answer] += 1
 
     threads = [threading.Thread(target=worker) for _ in range(connections)]
     began = time.monotonic()
@@ -229,20 +308,109 @@ def load(
     seconds: int = 15,
     connections: int = 8,
     script: Path | None = None,
+    warmup_script: Path | None = None,
     make_request: Callable[[], urllib.request.Request] | None = None,
+    label: Labeller = _status_label,
 ) -> LoadResult:
     """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed.
 
     For requests other than a plain GET give both ``script`` (a wrk Lua script) and
     ``make_request`` (what the Python fallback sends instead, one new request per call).
+    ``warmup_script`` replaces ``script`` during the warm-up (e.g. to consume other
+    one-shot resources than the timed run); ``label(status, body, headers)`` names the
+    fallback's answers (the Lua script's ``response()`` does that under wrk).
     """
     if shutil.which("wrk"):
-        _wrk(name, url, 2, connections, script)  # warm-up: connections, caches, lazy imports
+        # warm-up: connections, caches, lazy imports
+        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script)
         return _wrk(name, url, seconds, connections, script)
     if script is not None and make_request is None:
         raise SystemExit(f"{name}: wrk is not installed and no Python fallback was given")
-    _python_load(name, url, 2, connections, make_request)
-    return _python_load(name, url, seconds, connections, make_request)
+    _python_load(name, url, WARMUP_SECONDS, connections, make_request, label)
+    return _python_load(name, url, seconds, connections, make_request, label)
+
+
+def threaded_load(
+    name: str,
+    target: str,
+    make_worker: Callable[[int], tuple[Callable[[], str], Callable[[], None]]],
+    *,
+    seconds: float,
+    connections: int,
+    tool: str = "psycopg",
+    warmup: float = WARMUP_SECONDS,
+) -> LoadResult:
+    """A baseline load without HTTP: ``connections`` threads, each repeating one unit of work
+    as fast as it can for ``seconds`` (after ``warmup`` unmeasured seconds).
+
+    ``make_worker(index)`` runs in its thread and returns ``(step, close)``: ``step()`` does one
+    unit (it is what is timed) and returns its label, ``"ok"`` for success (anything else counts
+    as an error); ``close()`` runs when the thread is done (e.g. closes its connections)."""
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    labels: list[Counter[str]] = [Counter() for _ in range(connections)]
+    failures: list[BaseException] = []
+    window: dict[str, float] = {}
+
+    def begin() -> None:  # once every worker is connected, before any is released
+        window["began"] = time.monotonic()
+        window["stop"] = window["began"] + warmup + seconds
+
+    start = threading.Barrier(connections, action=begin)
+
+    def worker(index: int) -> None:
+        try:
+            step, close = make_worker(index)
+        except BaseException as exc:
+            failures.append(exc)
+            start.abort()
+            raise
+        try:
+            start.wait()
+            warm_until = window["began"] + warmup
+            while time.monotonic() < warm_until:
+                step()
+            mine, seen = latencies[index], labels[index]
+            while time.monotonic() < window["stop"]:
+                started = time.perf_counter()
+                label = step()
+                mine.append((time.perf_counter() - started) * 1000)
+                seen[label] += 1
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+        finally:
+            close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise SystemExit(f"{name}: a worker failed: {failures[0]!r}")
+    took = time.monotonic() - window["began"] - warmup
+    ordered = sorted(ms for mine in latencies for ms in mine)
+    statuses = sum(labels, Counter())
+    return LoadResult(
+        name=name,
+        url=target,
+        requests=len(ordered),
+        errors=len(ordered) - statuses["ok"],
+        seconds=took,
+        rps=len(ordered) / took,
+        p50_ms=statistics.median(ordered) if ordered else float("nan"),
+        p99_ms=percentile(ordered, 0.99),
+        tool=tool,
+        statuses=dict(statuses),
+    )
+
+
+def lua_list(values: list[str]) -> str:
+    """A Lua list literal of plain ASCII strings (refuses anything that would need escaping)."""
+    for value in values:
+        if not value.isascii() or not value.isprintable() or '"' in value or "\\" in value:
+            raise ValueError(f"cannot embed {value!r} in the wrk script")
+    return "{" + ", ".join(f'"{value}"' for value in values) + "}"
 
 
 def print_table(

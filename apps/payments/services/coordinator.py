@@ -76,9 +76,10 @@ def _payment(payment_id: int) -> Payment:
 
 
 def _branch(tcc: TccTransaction, name: str, status: str, detail: str = "") -> None:
-    TccBranch.objects.update_or_create(
-        transaction=tcc, branch=name, defaults={"status": status, "detail": detail[:300]}
-    )
+    """Record a branch's status for operators (one statement once the branch exists)."""
+    fields = {"status": status, "detail": detail[:300], "updated_at": timezone.now()}
+    if not TccBranch.objects.filter(transaction=tcc, branch=name).update(**fields):
+        TccBranch.objects.get_or_create(transaction=tcc, branch=name, defaults=fields)
 
 
 def _attempt(payment: Payment, channel: str, outcome: str, reason: str, detail: str = "",
@@ -309,13 +310,15 @@ def _decide(tcc: TccTransaction, status: str) -> str:
     """Persist the coordinator's decision before acting on it (recovery re-runs it). Only a
     transaction still `trying` can be decided; if another process (the live request or the
     recovery job) decided first, its decision stands and is returned."""
+    next_retry_at = timezone.now() + timedelta(seconds=settings.TCC_RETRY_INITIAL)
     decided = TccTransaction.objects.filter(id=tcc.id, status=T.TRYING).update(
-        status=status,
-        next_retry_at=timezone.now() + timedelta(seconds=settings.TCC_RETRY_INITIAL),
-        updated_at=timezone.now(),
+        status=status, next_retry_at=next_retry_at, updated_at=timezone.now()
     )
+    if decided:
+        tcc.status, tcc.next_retry_at = status, next_retry_at
+        return status
     tcc.refresh_from_db()
-    if not decided and tcc.status != status:
+    if tcc.status != status:
         logger.warning("TCC %s was already decided %s; following it", tcc.xid, tcc.status)
     return tcc.status
 
