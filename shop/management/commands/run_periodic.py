@@ -39,7 +39,7 @@ class Command(BaseCommand):
                 due[name] = now + every
                 try:
                     result = import_string(task_path)()
-                except Exception:  # noqa: BLE001 - one failing job must not stop the others
+                except Exception:  # one failing job must not stop the others
                     logger.exception("periodic task %s failed", name)
                 else:
                     if result:
