@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout clean
+.PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -56,6 +56,12 @@ bench: install
 
 bench-checkout: install
 	$(PY) bench/checkout.py
+
+bench-payments: install
+	$(PY) bench/payments.py
+
+bench-reconcile: install
+	$(PY) bench/reconcile.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Sum
+
 from apps.payments.models import Account, Payment, Refund
 from apps.payments.services.ledger import wallet_account
-from shop.sharding import shard_for_id
+from shop.sharding import order_shard_aliases, shard_for_id
 from shop.sharding.ids import id_is_plausible
 
 
@@ -24,3 +31,55 @@ def refund_get(*, refund_id: int) -> Refund | None:
 def wallet_get(*, user_id: int, currency: str = "EUR") -> Account:
     """The buyer's wallet (created empty on first sight)."""
     return wallet_account(user_id=user_id, currency=currency)
+
+
+@dataclass(frozen=True)
+class SettledItem:
+    """What the shop believes a channel settled for one payment on one day."""
+
+    payment_id: int
+    type: str  # "capture" | "refund"
+    amount: int
+    currency: str
+    count: int  # refunds: how many were summed
+
+
+CHUNK = 5000
+
+
+def _captures(alias: str, channel: str, start: datetime, end: datetime) -> Iterator[SettledItem]:
+    rows = (
+        Payment.objects.using(alias)
+        .filter(method="card", channel=channel, captured_amount__gt=0)
+        .filter(settled_at__gte=start, settled_at__lt=end)
+        .order_by("id")
+        .values_list("id", "captured_amount", "currency")
+    )
+    for payment_id, amount, currency in rows.iterator(chunk_size=CHUNK):
+        yield SettledItem(payment_id, "capture", amount, currency, 1)
+
+
+def _refunds(alias: str, channel: str, start: datetime, end: datetime) -> Iterator[SettledItem]:
+    rows = (
+        Refund.objects.using(alias)
+        .filter(status=Refund.Status.SUCCEEDED, payment__channel=channel)
+        .filter(updated_at__gte=start, updated_at__lt=end)
+        .values("payment_id", "payment__currency")
+        .annotate(total=Sum("amount"), n=Count("id"))
+        .order_by("payment_id")
+        .values_list("payment_id", "total", "payment__currency", "n")
+    )
+    for payment_id, amount, currency, count in rows.iterator(chunk_size=CHUNK):
+        yield SettledItem(payment_id, "refund", amount, currency, count)
+
+
+def settled_items(*, channel: str, start: datetime, end: datetime) -> Iterator[SettledItem]:
+    """Every capture and (per payment, summed) refund the shop booked at ``channel`` in
+    [start, end), across all shards, in (payment id, type) order — streamed, so memory stays
+    flat however many there are."""
+    streams = [
+        stream(alias, channel, start, end)
+        for alias in order_shard_aliases()
+        for stream in (_captures, _refunds)
+    ]
+    return heapq.merge(*streams, key=lambda item: (item.payment_id, item.type))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from celery.schedules import crontab
+
 from config.env import default_shard_map, env, parse_shard_map, shard_aliases
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -310,6 +312,14 @@ TCC_RETRY_MAX = env.float("TCC_RETRY_MAX", default=600.0)
 # still recognised), then are deleted.
 TCC_FENCE_RETENTION_DAYS = env.int("TCC_FENCE_RETENTION_DAYS", default=7)
 
+# --- Reconciliation -----------------------------------------------------------------------------
+# Fetching a day's settlement file may take a while for a big day.
+SETTLEMENT_FETCH_TIMEOUT = env.float("SETTLEMENT_FETCH_TIMEOUT", default=60.0)
+# One run per channel and day at a time; longer than the longest run.
+RECONCILIATION_LOCK_TTL = env.int("RECONCILIATION_LOCK_TTL", default=3600)
+# A payment unknown or pending this long is re-queried by the janitor (then escalated).
+PAYMENT_STUCK_AFTER = env.int("PAYMENT_STUCK_AFTER", default=15 * 60)
+
 # --- Idempotency and outbox -------------------------------------------------------------------
 # An in-flight key is owned this long; a crashed owner's key is taken over afterwards.
 # Longer than any checkout takes, short enough that a buyer's retry is not blocked for long.
@@ -343,6 +353,15 @@ CELERY_BEAT_SCHEDULE = {
     },
     "payments-refunds-retry": {"task": "apps.payments.tasks.refunds_retry", "schedule": 60.0},
     "tcc-fences-cleanup": {"task": "shop.tasks.tcc_fences_cleanup", "schedule": 24 * 3600.0},
+    # Nightly at 02:00 shop time: yesterday's settlement files (editable in the admin).
+    "reconciliation-nightly": {
+        "task": "apps.reconciliation.tasks.reconcile_previous_day",
+        "schedule": crontab(hour=2, minute=0),
+    },
+    "payments-stuck-janitor": {
+        "task": "apps.reconciliation.tasks.payments_stuck_janitor",
+        "schedule": 300.0,
+    },
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------

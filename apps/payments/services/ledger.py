@@ -177,3 +177,20 @@ def refund_post(
             Leg(target, AVAILABLE, amount),
         ],
     )[1]
+
+
+def card_capture_reversal(
+    *, channel: str, amount: int, fee: int, currency: str, reference: str
+) -> bool:
+    """Undo a card capture the bank says never happened (reconciliation's correction)."""
+    return ledger_post(
+        kind="card_capture_reversal",
+        reference=reference,
+        legs=[
+            Leg(merchant_account(currency=currency), AVAILABLE, -amount),
+            Leg(clearing_account(channel=channel, currency=currency), AVAILABLE, amount - fee),
+            Leg(fees_account(currency=currency), AVAILABLE, fee),
+        ],
+        memo="the channel reports no capture",
+        actor="reconciliation",
+    )[1]

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from typing import Any
+
+from celery.schedules import maybe_schedule
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 logger = logging.getLogger(__name__)
@@ -25,18 +29,21 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="run every task once and exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        schedule = {
-            name: (entry["task"], float(entry["schedule"]))
+        jobs = {
+            name: (entry["task"], maybe_schedule(entry["schedule"]))
             for name, entry in settings.CELERY_BEAT_SCHEDULE.items()
         }
-        due = dict.fromkeys(schedule, 0.0)
-        self.stdout.write(f"running {len(schedule)} periodic tasks in-process")
+        # Interval jobs run at start; calendar jobs (crontab) wait for their time.
+        last_run = {
+            name: timezone.now() if hasattr(when, "hour") else timezone.now() - timedelta(days=1)
+            for name, (_, when) in jobs.items()
+        }
+        self.stdout.write(f"running {len(jobs)} periodic tasks in-process")
         while True:
-            now = time.monotonic()
-            for name, (task_path, every) in schedule.items():
-                if now < due[name]:
+            for name, (task_path, when) in jobs.items():
+                if not options["once"] and not when.is_due(last_run[name]).is_due:
                     continue
-                due[name] = now + every
+                last_run[name] = timezone.now()
                 try:
                     result = import_string(task_path)()
                 except Exception:  # one failing job must not stop the others

@@ -1,0 +1,57 @@
+"""The stuck-payments janitor: payments left `unknown` or `pending` longer than
+PAYMENT_STUCK_AFTER are settled from their channel's own answer, or escalated — never marked
+paid or failed by guess."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from apps.payments.models import Payment, PaymentStatus
+from apps.payments.services import payment_settle_now
+from apps.payments.services.channels import ChannelError
+from shop.review import review_file
+from shop.sharding import order_shard_aliases
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JanitorResult:
+    settled: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
+
+
+def payments_stuck_janitor(*, limit: int = 200) -> JanitorResult:
+    result = JanitorResult()
+    cutoff = timezone.now() - timedelta(seconds=settings.PAYMENT_STUCK_AFTER)
+    for alias in order_shard_aliases():
+        stuck = list(
+            Payment.objects.using(alias)
+            .filter(status__in=[PaymentStatus.UNKNOWN, PaymentStatus.PENDING], updated_at__lt=cutoff)
+            .order_by("updated_at")
+            .values_list("id", flat=True)[:limit]
+        )
+        for payment_id in stuck:
+            try:
+                payment_settle_now(payment_id=payment_id)
+            except (ChannelError, DatabaseError) as exc:
+                logger.warning("stuck payment %s not settled: %s", payment_id, exc)
+            status = Payment.objects.using(alias).get(id=payment_id).status
+            if status in (PaymentStatus.UNKNOWN, PaymentStatus.PENDING):
+                review_file(
+                    kind="stuck_payment",
+                    reference=str(payment_id),
+                    summary=f"payment {payment_id} is still {status}: its channel gives no "
+                    "definite answer; settle it with the bank",
+                    details={"shard": alias},
+                )
+                result.escalated.append(payment_id)
+            else:
+                result.settled.append(payment_id)
+    return result

@@ -1,0 +1,257 @@
+"""Reconciliation runs: one channel, one business day — match, record, handle, report.
+
+Re-running a day gives the same result: discrepancies are unique per (channel, day, outcome,
+key) and every corrective action is idempotent (ledger postings by reference, one open review
+item per problem, the payment coordinator's fences). Nothing is guessed: what the shop cannot
+prove stays open for an operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from apps.payments.models import PaymentChannel
+from apps.payments.selectors import payment_get, settled_items
+from apps.payments.services import payment_settle_now
+from apps.payments.services.channels import ChannelClient, ChannelError
+from apps.payments.services.ledger import card_capture_reversal
+from apps.reconciliation.exceptions import SettlementUnavailable
+from apps.reconciliation.models import (
+    Discrepancy,
+    Outcome,
+    ReconciliationRun,
+    SettlementFile,
+)
+from apps.reconciliation.services.files import settlement_fetch
+from apps.reconciliation.services.matching import Finding, Ours, Tally, bank_groups, match
+from shop.locks import OwnedLock
+from shop.review import review_file
+from shop.sharding.ids import id_is_plausible
+
+logger = logging.getLogger(__name__)
+
+REVIEW_KIND = "reconciliation"
+
+
+def business_day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a business day in the shop's time zone (TIME_ZONE)."""
+    zone = ZoneInfo(settings.TIME_ZONE)
+    start = datetime.combine(day, time.min, tzinfo=zone)
+    return start, start + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run: ReconciliationRun
+    opened: int  # discrepancies first seen in this run
+
+
+def reconcile_day(
+    *, channel: str, business_day: date, settlement: SettlementFile | None = None
+) -> RunSummary:
+    """Reconcile ``channel`` for ``business_day`` against ``settlement`` (default: the day's
+    file fetched from the acquirer now). Returns the finished run; a run whose file could not
+    be had is recorded as failed (and raises SettlementUnavailable)."""
+    lock = OwnedLock(f"reconcile:{channel}:{business_day}", ttl=settings.RECONCILIATION_LOCK_TTL)
+    if not _acquire(lock):
+        raise SettlementUnavailable(f"{channel} {business_day} is being reconciled right now.")
+    try:
+        return _run(channel, business_day, settlement)
+    finally:
+        _release(lock)
+
+
+def _acquire(lock: OwnedLock) -> bool:
+    try:
+        return lock.acquire()
+    except Exception:  # noqa: BLE001 - no Redis: runs are idempotent, so run unguarded
+        logger.warning("reconciliation lock unavailable; running without it")
+        return True
+
+
+def _release(lock: OwnedLock) -> None:
+    try:
+        lock.release()
+    except Exception:  # noqa: BLE001 - it expires on its own
+        logger.warning("reconciliation lock not released; it expires by itself")
+
+
+def _run(channel: str, business_day: date, settlement: SettlementFile | None) -> RunSummary:
+    run = ReconciliationRun.objects.create(channel=channel, business_day=business_day)
+    try:
+        settlement = settlement or settlement_fetch(channel=channel, business_day=business_day)
+    except SettlementUnavailable as exc:
+        _finish(run, ReconciliationRun.Status.FAILED, error=str(exc))
+        raise
+    run.file = settlement
+    run.save(update_fields=["file"])
+    start, end = business_day_bounds(business_day)
+    ours = (
+        Ours(str(item.payment_id), item.type, item.amount, item.currency)
+        for item in settled_items(channel=channel, start=start, end=end)
+    )
+    tally = Tally()
+    opened = 0
+    for finding in match(ours, bank_groups(settlement), tally):
+        if finding.outcome == Outcome.MATCHED:
+            tally.matched += 1
+            continue
+        tally.by_outcome[finding.outcome] = tally.by_outcome.get(finding.outcome, 0) + 1
+        tally.unmatched_amount += abs((finding.bank_amount or 0) - (finding.ours.amount if finding.ours else 0))
+        discrepancy, created = _record(run, channel, business_day, finding)
+        opened += created
+        if discrepancy.status == Discrepancy.Status.OPEN:
+            _handle(discrepancy, finding, channel)
+    run.ours_count, run.ours_total = tally.ours_count, tally.ours_total
+    run.bank_count, run.bank_total = tally.bank_count, tally.bank_total
+    run.matched_count, run.discrepancies = tally.matched, tally.by_outcome
+    run.unmatched_amount = tally.unmatched_amount
+    _finish(run, ReconciliationRun.Status.COMPLETED)
+    return RunSummary(run, opened)
+
+
+def _finish(run: ReconciliationRun, status: str, error: str = "") -> None:
+    run.status, run.error, run.finished_at = status, error, timezone.now()
+    run.save()
+
+
+def _record(
+    run: ReconciliationRun, channel: str, business_day: date, finding: Finding
+) -> tuple[Discrepancy, bool]:
+    ours = finding.ours
+    discrepancy, created = Discrepancy.objects.get_or_create(
+        channel=channel,
+        business_day=business_day,
+        kind=finding.outcome,
+        key=finding.key[:160],
+        defaults={
+            "payment_id": finding.payment_id[:128],
+            "ours_amount": ours.amount if ours else None,
+            "bank_amount": finding.bank_amount,
+            "ours_currency": ours.currency if ours else "",
+            "bank_currency": finding.bank_currency,
+            "ours_status": "settled" if ours else "",
+            "bank_status": finding.bank_status[:20],
+            "first_run": run,
+            "last_run": run,
+        },
+    )
+    if not created:
+        Discrepancy.objects.filter(id=discrepancy.id).update(last_run=run)
+    return discrepancy, created
+
+
+def _resolve(discrepancy: Discrepancy, action: str) -> None:
+    Discrepancy.objects.filter(id=discrepancy.id, status=Discrepancy.Status.OPEN).update(
+        status=Discrepancy.Status.RESOLVED, action=action[:300], resolved_at=timezone.now()
+    )
+
+
+def _note(discrepancy: Discrepancy, action: str) -> None:
+    Discrepancy.objects.filter(id=discrepancy.id).update(action=action[:300])
+
+
+def _escalate(discrepancy: Discrepancy, summary: str) -> None:
+    review_file(
+        kind=REVIEW_KIND,
+        reference=f"{discrepancy.channel}:{discrepancy.business_day}:{discrepancy.kind}:{discrepancy.key}"[:100],
+        summary=summary,
+        details={
+            "discrepancy": discrepancy.id,
+            "ours_amount": discrepancy.ours_amount,
+            "bank_amount": discrepancy.bank_amount,
+            "payment_id": discrepancy.payment_id,
+        },
+    )
+    _note(discrepancy, summary)
+
+
+def _handle(discrepancy: Discrepancy, finding: Finding, channel: str) -> None:
+    if finding.outcome == Outcome.SYSTEM_ONLY and finding.type == "capture":
+        _handle_system_only(discrepancy, finding, channel)
+    elif finding.outcome == Outcome.BANK_ONLY and finding.type == "capture":
+        _handle_bank_only(discrepancy, finding)
+    else:
+        _escalate(
+            discrepancy,
+            f"{finding.outcome.replace('_', ' ').lower()} for {finding.key}: ours "
+            f"{discrepancy.ours_amount} {discrepancy.ours_currency or ''}, bank "
+            f"{discrepancy.bank_amount} {discrepancy.bank_currency} ({discrepancy.bank_status})",
+        )
+
+
+def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str) -> None:
+    """We booked a capture the bank's file lacks: ask the bank."""
+    payment_id = int(finding.payment_id)
+    try:
+        status = ChannelClient(channel).status(payment_id=payment_id).get("status")
+    except ChannelError as exc:
+        _escalate(discrepancy, f"capture {payment_id} missing from the file; the bank could "
+                               f"not be asked ({exc})")  # fmt: skip
+        return
+    if status in ("captured", "refunded"):
+        _escalate(discrepancy, f"the bank confirms capture {payment_id} but its file omits it")
+        return
+    # The bank says no capture happened: our books are wrong. Correct them, tell operators.
+    payment = payment_get(payment_id=payment_id)
+    fee = PaymentChannel.objects.get(code=channel).fee_for(finding.ours.amount)
+    card_capture_reversal(
+        channel=channel,
+        amount=finding.ours.amount,
+        fee=fee,
+        currency=finding.ours.currency,
+        reference=f"pay-{payment_id}",
+    )
+    summary = (f"the bank reports payment {payment_id} as {status}, never captured: the "
+               f"capture was reversed in the ledger; order {payment.order_id if payment else '?'}"
+               " needs a decision (collect again or cancel)")  # fmt: skip
+    review_file(kind=REVIEW_KIND, reference=f"uncaptured:{payment_id}", summary=summary,
+                details={"discrepancy": discrepancy.id, "bank_status": status})  # fmt: skip
+    _resolve(discrepancy, f"ledger corrected (bank status {status}); operators told")
+
+
+def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
+    """The bank settled a capture we do not have as settled."""
+    raw = finding.payment_id
+    payment = payment_get(payment_id=int(raw)) if raw.isdigit() and id_is_plausible(int(raw)) else None
+    if payment is None:
+        _escalate(discrepancy, f"the bank settled {finding.bank_amount} for {raw}, which is no "
+                               "payment of ours: refund it to the cardholder?")  # fmt: skip
+        return
+    if payment.status in ("unknown", "pending"):
+        try:
+            outcome = payment_settle_now(payment_id=payment.id)
+        except (ChannelError, DatabaseError) as exc:
+            outcome = f"error: {exc}"
+        payment = payment_get(payment_id=payment.id)
+        if payment is not None and payment.status == "succeeded":
+            _resolve(discrepancy, f"healed: payment {payment.id} confirmed from the bank's own "
+                                  f"answer (transaction {outcome}); order paid, ledger posted")  # fmt: skip
+            return
+    _escalate(discrepancy, f"the bank settled payment {raw} which we hold as "
+                           f"{payment.status if payment else 'missing'}")  # fmt: skip
+
+
+def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:
+    """Every card channel for one business day (the nightly job). A channel that fails does
+    not stop the others."""
+    runs = []
+    card_channels = [c for c in PaymentChannel.objects.order_by("code") if "card" in c.methods]
+    for channel in card_channels:
+        try:
+            runs.append(reconcile_day(channel=channel.code, business_day=business_day).run)
+        except SettlementUnavailable as exc:
+            logger.warning("reconciliation of %s %s failed: %s", channel.code, business_day, exc)
+    return runs
+
+
+def previous_business_day(now: datetime | None = None) -> date:
+    local = timezone.localtime(now or timezone.now(), ZoneInfo(settings.TIME_ZONE))
+    return local.date() - timedelta(days=1)

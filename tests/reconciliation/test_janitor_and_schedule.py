@@ -1,0 +1,76 @@
+"""The stuck-payments janitor, and the nightly schedule."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.utils import timezone
+
+from apps.orders import services as orders
+from apps.payments.models import Payment
+from apps.payments.services import payment_pay
+from apps.reconciliation.models import ReconciliationRun
+from apps.reconciliation.services import payments_stuck_janitor
+from apps.reconciliation.tasks import reconcile_previous_day
+from shop.models import ManualReviewItem
+from shop.sharding import shard_for_id
+from tests.factories.catalog import product_with_skus
+from tests.orders.conftest import assert_invariants_hold
+
+pytestmark = [pytest.mark.needs_redis, pytest.mark.django_db(databases="__all__")]
+
+
+def _unknown_payment(acquirer, shopper, settings):
+    sku = product_with_skus(stock=5).skus.get()
+    order = orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 1}])
+    acquirer.set_faults("alpha", timeout_rate=1.0, timeout_ms=1500)
+    settings.BREAKER_CALL_TIMEOUT = 0.5
+    payment = payment_pay(order_id=order.id, user_id=shopper.id, method="card", channel="alpha")
+    assert payment.status == "unknown"
+    Payment.objects.using(shard_for_id(payment.id)).filter(id=payment.id).update(
+        updated_at=timezone.now() - timedelta(seconds=settings.PAYMENT_STUCK_AFTER + 1)
+    )
+    return payment
+
+
+def test_a_stuck_payment_is_settled_from_the_banks_answer(acquirer, channels, shopper, settings):
+    payment = _unknown_payment(acquirer, shopper, settings)
+    acquirer.set_faults("alpha")
+    time.sleep(1.6)  # the bank authorized it meanwhile
+
+    result = payments_stuck_janitor()
+
+    assert result.settled == [payment.id] and result.escalated == []
+    assert Payment.objects.using(shard_for_id(payment.id)).get(id=payment.id).status == "succeeded"
+    assert not ManualReviewItem.objects.exists()
+    assert_invariants_hold()
+
+
+def test_a_payment_the_bank_cannot_answer_for_is_escalated_never_guessed(
+    acquirer, channels, shopper, settings
+):
+    payment = _unknown_payment(acquirer, shopper, settings)
+    acquirer.set_faults("alpha", outage=True)
+
+    result = payments_stuck_janitor()
+
+    assert result.escalated == [payment.id]
+    assert Payment.objects.using(shard_for_id(payment.id)).get(id=payment.id).status == "unknown"
+    item = ManualReviewItem.objects.get(kind="stuck_payment")
+    assert item.reference == str(payment.id)
+    payments_stuck_janitor()  # again: still one item
+    assert ManualReviewItem.objects.count() == 1
+
+
+def test_the_nightly_job_runs_at_two_and_reconciles_yesterday_for_every_card_channel(
+    acquirer, channels
+):
+    entry = django_settings.CELERY_BEAT_SCHEDULE["reconciliation-nightly"]
+    assert (entry["schedule"].hour, entry["schedule"].minute) == ({2}, {0})
+    result = reconcile_previous_day()
+    assert result == {"alpha": "completed", "beta": "completed", "gamma": "completed"}
+    yesterday = timezone.localdate() - timedelta(days=1)
+    assert set(ReconciliationRun.objects.values_list("business_day", flat=True)) == {yesterday}
