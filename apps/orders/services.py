@@ -638,8 +638,13 @@ def order_dead_letter_handle(
 
 def _alert_dead_letter(order: Order, error: str, attempt: int, final: bool) -> None:
     what = "sent to manual review" if final else "will be retried"
-    logger.error("dead letter: order %s processing attempt %s failed (%s); %s",
-                 order.id, attempt, error, what)  # fmt: skip
+    logger.error(
+        "dead letter: order %s processing attempt %s failed (%s); %s",
+        order.id,
+        attempt,
+        error,
+        what,
+    )
     staff = list(
         get_user_model()
         .objects.filter(is_staff=True, is_active=True)

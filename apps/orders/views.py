@@ -54,8 +54,12 @@ def _csrf_ok(request: HttpRequest) -> bool:
 @require_POST
 def cart_add(request: HttpRequest) -> HttpResponse:
     if not _csrf_ok(request):
-        return render(request, "errors/shop_error.html", {"status": 403, "code": "csrf",
-                      "detail": "Please reload the page and try again."}, status=403)  # fmt: skip
+        return render(
+            request,
+            "errors/shop_error.html",
+            {"status": 403, "code": "csrf", "detail": "Please reload the page and try again."},
+            status=403,
+        )
     code = request.POST.get("sku", "")
     quantity = max(1, _positive_int(request.POST.get("quantity"), 1))
     sku = skus_for_checkout([code]).get(code)

@@ -89,8 +89,11 @@ def _pay(request: HttpRequest, order_id: int) -> HttpResponse:
         messages.success(request, "Paid — thank you! We are preparing your order.")
         return redirect("order-detail", order_id=order_id)
     if payment.status == "failed":
-        messages.error(request, FAILURES.get(payment.failure_code, "The payment failed.") +
-                       " You can try again or choose another way to pay.")  # fmt: skip
+        messages.error(
+            request,
+            FAILURES.get(payment.failure_code, "The payment failed.")
+            + " You can try again or choose another way to pay.",
+        )
         return redirect("order-pay", order_id=order_id)
     messages.info(request, "Your bank has not confirmed yet; this page will show the outcome.")
     return redirect("order-detail", order_id=order_id)

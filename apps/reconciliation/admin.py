@@ -84,7 +84,9 @@ class ReconciliationRunAdmin(ReadOnly):
         }
         days = [since + timedelta(days=i) for i in range(CHART_DAYS)]
         bars = _bars(
-            days, [per_day.get(d, {}).get("count", 0) for d in days], [amounts.get(d, 0) for d in days]
+            days,
+            [per_day.get(d, {}).get("count", 0) for d in days],
+            [amounts.get(d, 0) for d in days],
         )
         context = {
             **self.admin_site.each_context(request),
@@ -97,7 +99,7 @@ class ReconciliationRunAdmin(ReadOnly):
 
 
 def _bars(days: list[date], counts: list[int], amounts: list[int]) -> list[dict[str, Any]]:
-    top_count, top_amount = max(counts + [1]), max(amounts + [1])
+    top_count, top_amount = max([*counts, 1]), max([*amounts, 1])
     return [
         {
             "day": day,
@@ -162,11 +164,26 @@ class DiscrepancyAdmin(ReadOnly):
     def export_csv(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        columns = ["business_day", "channel", "kind", "key", "payment_id", "ours_amount",
-                   "bank_amount", "ours_currency", "bank_currency", "bank_status", "status",
-                   "action", "note", "resolved_at"]  # fmt: skip
+        columns = [
+            "business_day",
+            "channel",
+            "kind",
+            "key",
+            "payment_id",
+            "ours_amount",
+            "bank_amount",
+            "ours_currency",
+            "bank_currency",
+            "bank_status",
+            "status",
+            "action",
+            "note",
+            "resolved_at",
+        ]
         writer.writerow(columns)
-        for row in queryset.order_by("business_day", "channel", "kind", "key").values_list(*columns):
+        for row in queryset.order_by("business_day", "channel", "kind", "key").values_list(
+            *columns
+        ):
             writer.writerow(row)
         response = HttpResponse(buffer.getvalue(), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="discrepancies.csv"'
@@ -176,7 +193,9 @@ class DiscrepancyAdmin(ReadOnly):
 class UploadForm(forms.Form):
     channel = forms.ChoiceField(choices=())
     business_day = forms.DateField(help_text="YYYY-MM-DD")
-    file = forms.FileField(help_text="The channel's settlement CSV (see the README for the format).")
+    file = forms.FileField(
+        help_text="The channel's settlement CSV (see the README for the format)."
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -225,7 +244,12 @@ class SettlementFileAdmin(ReadOnly):
                     f"{sum(run.discrepancies.values())} discrepancies ({summary.opened} new).",
                     messages.SUCCESS,
                 )
-                return HttpResponseRedirect(reverse("admin:reconciliation_reconciliationrun_changelist"))
-        context = {**self.admin_site.each_context(request), "title": "Upload a settlement file",
-                   "form": form}  # fmt: skip
+                return HttpResponseRedirect(
+                    reverse("admin:reconciliation_reconciliationrun_changelist")
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Upload a settlement file",
+            "form": form,
+        }
         return render(request, "admin/reconciliation/upload.html", context)

@@ -112,9 +112,12 @@ class Discrepancy(models.Model):
     )
     note = models.TextField(blank=True)
     resolved_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
-    )  # fmt: skip
+    )
     resolved_at = models.DateTimeField(null=True, blank=True)
     first_run = models.ForeignKey(ReconciliationRun, on_delete=models.PROTECT, related_name="+")
     last_run = models.ForeignKey(ReconciliationRun, on_delete=models.PROTECT, related_name="+")

@@ -74,8 +74,10 @@ def test_a_channel_down_fails_over_then_its_breaker_opens_and_recovers(
     acquirer.set_faults("alpha", outage=True)
 
     # Payments fail over from alpha (down) to beta while alpha's breaker counts the failures
-    placed = [orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 1}])
-              for _ in range(3)]  # fmt: skip
+    placed = [
+        orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 1}])
+        for _ in range(3)
+    ]
     first = _pay(shopper, placed[0])
     assert (first.status, first.channel) == ("succeeded", "beta")
     assert _attempts(first)[0] == ("alpha", "unavailable")

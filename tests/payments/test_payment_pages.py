@@ -44,8 +44,9 @@ def test_a_failed_payment_explains_and_offers_another_try(client, order):
     line = order.lines.get()
     unpaid = orders.order_place(user_id=broke.id, items=[{"sku": line.sku_code, "quantity": 1}])
     client.force_login(broke)
-    response = client.post(f"/orders/{unpaid.id}/pay/", {"method": "wallet", "pay_key": "k"},
-                           follow=True)  # fmt: skip
+    response = client.post(
+        f"/orders/{unpaid.id}/pay/", {"method": "wallet", "pay_key": "k"}, follow=True
+    )
     assert "does not hold enough money" in response.content.decode()
     assert response.request["PATH_INFO"] == f"/orders/{unpaid.id}/pay/"
     assert (

@@ -47,8 +47,9 @@ def test_a_process_killed_between_try_and_confirm_is_finished_by_recovery(
 
     # The bank still authorized it (the request had arrived)
     acquirer.set_faults("alpha")
-    wait_for(lambda: acquirer.payment("alpha", str(tcc.payment_id))["status"] == "authorized",
-             timeout=15)  # fmt: skip
+    wait_for(
+        lambda: acquirer.payment("alpha", str(tcc.payment_id))["status"] == "authorized", timeout=15
+    )
 
     # Then the recovery job, once the transaction is overdue, asks the bank and confirms it
     TccTransaction.objects.filter(id=tcc.id).update(next_retry_at=timezone.now())

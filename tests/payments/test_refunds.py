@@ -22,28 +22,48 @@ def test_partial_then_full_wallet_refunds(shopper, order):
     payment = payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
     client = api_client(shopper)
 
-    first = client.post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 1000}, format="json",
-                        HTTP_IDEMPOTENCY_KEY="r1")  # fmt: skip
+    first = client.post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 1000},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="r1",
+    )
     assert first.status_code == 201 and first.json()["status"] == "succeeded"
     assert _order(order).status == "partially_refunded"
-    replay = client.post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 1000}, format="json",
-                         HTTP_IDEMPOTENCY_KEY="r1")  # fmt: skip
+    replay = client.post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 1000},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="r1",
+    )
     assert replay.json() == first.json()
 
-    too_much = client.post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 2001},
-                           format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    too_much = client.post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 2001},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert too_much.status_code == 400
 
-    rest = client.post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 2000}, format="json",
-                       HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    rest = client.post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 2000},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert rest.status_code == 201
     assert _order(order).status == "refunded"
     stored = Payment.objects.using(shard_for_id(payment.id)).get(id=payment.id)
     assert (stored.captured_amount, stored.refunded_amount) == (3000, 3000)
     assert Account.objects.get(key=f"wallet:{shopper.id}:EUR").available == 10_000
     assert Transfer.objects.filter(kind="refund").count() == 2
-    nothing_left = client.post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 1},
-                               format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    nothing_left = client.post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 1},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert nothing_left.status_code == 409
     assert_invariants_hold()
 
@@ -52,13 +72,21 @@ def test_partial_then_full_wallet_refunds(shopper, order):
 def test_unpaid_orders_and_others_orders_cannot_be_refunded(shopper, order):
     from tests.factories.users import UserFactory
 
-    unpaid = api_client(shopper).post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 100},
-                                      format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    unpaid = api_client(shopper).post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 100},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert unpaid.status_code == 409
     payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
     stranger = api_client(UserFactory(username="other"))
-    theirs = stranger.post(f"/api/v1/orders/{order.id}/refunds/", {"amount": 100},
-                           format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    theirs = stranger.post(
+        f"/api/v1/orders/{order.id}/refunds/",
+        {"amount": 100},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert theirs.status_code == 404
     assert not Refund.objects.using(shard_for_id(order.id)).exists()
 

@@ -76,15 +76,27 @@ def test_insufficient_funds_fails_cleanly_and_the_order_stays_payable(shopper, o
 def test_the_api_pays_and_replays_by_key(shopper, order):
     client = api_client(shopper)
     key = new_key()
-    first = client.post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
-                        format="json", HTTP_IDEMPOTENCY_KEY=key)  # fmt: skip
-    again = client.post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
-                        format="json", HTTP_IDEMPOTENCY_KEY=key)  # fmt: skip
+    first = client.post(
+        f"/api/v1/orders/{order.id}/payments/",
+        {"method": "wallet"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
+    again = client.post(
+        f"/api/v1/orders/{order.id}/payments/",
+        {"method": "wallet"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
     assert first.status_code == again.status_code == 201
     assert first.json()["status"] == "succeeded"
     assert again.json() == first.json()
-    other = client.post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
-                        format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    other = client.post(
+        f"/api/v1/orders/{order.id}/payments/",
+        {"method": "wallet"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert other.status_code == 409
     assert other.json()["code"] == "invalid_state"
     assert Payment.objects.using(shard_for_id(order.id)).count() == 1
@@ -100,9 +112,11 @@ def test_the_api_pays_and_replays_by_key(shopper, order):
 )
 def test_bad_payment_requests_are_400(shopper, order, payload):
     response = api_client(shopper).post(
-        f"/api/v1/orders/{order.id}/payments/", payload, format="json",
+        f"/api/v1/orders/{order.id}/payments/",
+        payload,
+        format="json",
         HTTP_IDEMPOTENCY_KEY=new_key(),
-    )  # fmt: skip
+    )
     assert response.status_code == 400
     assert not Payment.objects.using(shard_for_id(order.id)).exists()
 
@@ -112,8 +126,12 @@ def test_others_orders_cannot_be_paid(shopper, order):
     from tests.factories.users import UserFactory
 
     stranger = api_client(UserFactory(username="stranger"))
-    response = stranger.post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
-                             format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    response = stranger.post(
+        f"/api/v1/orders/{order.id}/payments/",
+        {"method": "wallet"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=new_key(),
+    )
     assert response.status_code == 404
 
 
@@ -141,8 +159,12 @@ def test_thirty_concurrent_payments_of_one_order_capture_once(shopper, order):
 
     def pay(client):
         try:
-            response = client.post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
-                                   format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+            response = client.post(
+                f"/api/v1/orders/{order.id}/payments/",
+                {"method": "wallet"},
+                format="json",
+                HTTP_IDEMPOTENCY_KEY=new_key(),
+            )
             return response.status_code, response.json().get("status") or response.json()["code"]
         finally:
             connections.close_all()

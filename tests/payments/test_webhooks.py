@@ -26,14 +26,23 @@ def _post(client, event, *, timestamp=None, secret=None, signature=None):
         secret=secret or channel_webhook_secret("alpha"), timestamp=timestamp, body=body
     )
     return client.post(
-        URL, body, content_type="application/json",
-        HTTP_X_ACQUIRER_TIMESTAMP=timestamp, HTTP_X_ACQUIRER_SIGNATURE=signature,
-    )  # fmt: skip
+        URL,
+        body,
+        content_type="application/json",
+        HTTP_X_ACQUIRER_TIMESTAMP=timestamp,
+        HTTP_X_ACQUIRER_SIGNATURE=signature,
+    )
 
 
 def _event(payment_id="1", **fields):
-    return {"event_id": str(uuid.uuid4()), "type": "payment.captured", "channel": "alpha",
-            "payment_id": str(payment_id), "status": "captured", **fields}  # fmt: skip
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "payment.captured",
+        "channel": "alpha",
+        "payment_id": str(payment_id),
+        "status": "captured",
+        **fields,
+    }
 
 
 @pytest.mark.django_db(databases=ALL)

@@ -28,9 +28,12 @@ def _upload(client, content: str):
 
     return client.post(
         "/admin/reconciliation/settlementfile/upload/",
-        {"channel": "alpha", "business_day": "2026-11-30",
-         "file": SimpleUploadedFile("day.csv", content.encode(), content_type="text/csv")},
-    )  # fmt: skip
+        {
+            "channel": "alpha",
+            "business_day": "2026-11-30",
+            "file": SimpleUploadedFile("day.csv", content.encode(), content_type="text/csv"),
+        },
+    )
 
 
 def test_upload_reconciles_and_the_workflow_resolves_with_a_note(client, operator):
@@ -39,18 +42,22 @@ def test_upload_reconciles_and_the_workflow_resolves_with_a_note(client, operato
     assert ReconciliationRun.objects.get().discrepancies == {"BANK_ONLY": 2}
     ids = list(Discrepancy.objects.values_list("id", flat=True))
 
-    page = client.post("/admin/reconciliation/discrepancy/",
-                       {"action": "resolve", "_selected_action": ids})  # fmt: skip
+    page = client.post(
+        "/admin/reconciliation/discrepancy/", {"action": "resolve", "_selected_action": ids}
+    )
     assert page.status_code == 200 and "note" in page.content.decode()
-    done = client.post("/admin/reconciliation/discrepancy/",
-                       {"action": "resolve", "_selected_action": ids, "note": "refunded by hand"})  # fmt: skip
+    done = client.post(
+        "/admin/reconciliation/discrepancy/",
+        {"action": "resolve", "_selected_action": ids, "note": "refunded by hand"},
+    )
     assert done.status_code == 302
     assert set(Discrepancy.objects.values_list("status", "resolved_by", "note")) == {
         ("resolved", operator.id, "refunded by hand")
     }
 
-    export = client.post("/admin/reconciliation/discrepancy/",
-                         {"action": "export_csv", "_selected_action": ids})  # fmt: skip
+    export = client.post(
+        "/admin/reconciliation/discrepancy/", {"action": "export_csv", "_selected_action": ids}
+    )
     lines = export.content.decode().strip().splitlines()
     assert lines[0].startswith("business_day,channel,kind,key")
     assert len(lines) == 3 and "refunded by hand" in lines[1]
@@ -69,6 +76,10 @@ def test_a_malformed_upload_is_refused_and_imports_nothing(client, operator):
 
 
 def test_pages_render(client, operator):
-    for url in ["/admin/reconciliation/reconciliationrun/", "/admin/reconciliation/settlementfile/",
-                "/admin/reconciliation/discrepancy/", "/admin/reconciliation/settlementfile/upload/"]:  # fmt: skip
+    for url in [
+        "/admin/reconciliation/reconciliationrun/",
+        "/admin/reconciliation/settlementfile/",
+        "/admin/reconciliation/discrepancy/",
+        "/admin/reconciliation/settlementfile/upload/",
+    ]:
         assert client.get(url).status_code == 200, url

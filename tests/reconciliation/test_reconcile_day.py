@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.needs_redis, pytest.mark.django_db(databases=ALL)]
 
 
 def _today():
-    return datetime.now(dt_timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 @pytest.fixture
@@ -37,7 +37,9 @@ def card_payments(acquirer, channels):
     payments = []
     for i in range(8):
         buyer = UserFactory(username=f"card{i}")
-        order = orders.order_place(user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1 + i % 3}])
+        order = orders.order_place(
+            user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1 + i % 3}]
+        )
         payment = payment_pay(order_id=order.id, user_id=buyer.id, method="card", channel="alpha")
         assert payment.status == "succeeded"
         payments.append(payment)
@@ -141,7 +143,10 @@ def test_bank_only_heals_a_payment_we_left_unknown(acquirer, channels, shopper, 
         ("", "line 1: the file is empty"),
         ("id,payment,amount\n", "line 1: the header must be"),
         ("{h}\nt1,1,capture,10.50,EUR,settled,2026-11-30T10:00:00+00:00,0\n", "line 2: amount"),
-        ("{h}\nt1,1,capture,100,EUR,settled,2026-11-30T10:00:00+00:00,0\nt2,2,sale,1,EUR,settled,2026-11-30T10:00:00+00:00,0\n", "line 3: type"),
+        (
+            "{h}\nt1,1,capture,100,EUR,settled,2026-11-30T10:00:00+00:00,0\nt2,2,sale,1,EUR,settled,2026-11-30T10:00:00+00:00,0\n",
+            "line 3: type",
+        ),
         ("{h}\nt1,1,capture,100,eur,settled,2026-11-30T10:00:00+00:00,0\n", "line 2: currency"),
         ("{h}\nt1,1,capture,100,EUR,settled,yesterday,0\n", "line 2: settled_at"),
         ("{h}\nt1,1,capture,100,EUR,settled,2026-11-30T10:00:00,0\n", "line 2: settled_at"),
@@ -168,7 +173,9 @@ def test_the_command_reconciles_a_given_file_and_prints_a_summary(channels, tmp_
     )
     call_command("reconcile", "--date", "2026-11-30", "--channel", "alpha", "--file", str(path))
     out = capsys.readouterr().out
-    assert "alpha 2026-11-30: ours 0 (0), bank 1 (1000), matched 0; discrepancies: BANK_ONLY 1" in out
+    assert (
+        "alpha 2026-11-30: ours 0 (0), bank 1 (1000), matched 0; discrepancies: BANK_ONLY 1" in out
+    )
     with pytest.raises(CommandError):
         call_command("reconcile", "--date", "30.11.2026")
     with pytest.raises(CommandError):

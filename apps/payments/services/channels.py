@@ -211,16 +211,40 @@ def channels_rank(*, method: str, amount: int, now: datetime | None = None) -> l
 
 # The sandbox acquirer's banks (apps/payments/sandbox), as the shop knows them.
 SANDBOX_CHANNELS: list[dict[str, Any]] = [
-    {"code": "alpha", "name": "Alpha Bank", "fee_bps": 290, "fee_fixed": 30,
-     "expected_latency_ms": 40, "hours": ("00:00", "00:00"), "min_amount": 50,
-     "max_amount": 10_000_000, "priority": 1},
-    {"code": "beta", "name": "Beta Payments", "fee_bps": 190, "fee_fixed": 20,
-     "expected_latency_ms": 120, "hours": ("00:00", "00:00"), "min_amount": 50,
-     "max_amount": 5_000_000, "priority": 2},
-    {"code": "gamma", "name": "Gamma Pay", "fee_bps": 120, "fee_fixed": 10,
-     "expected_latency_ms": 250, "hours": ("06:00", "22:00"), "min_amount": 100,
-     "max_amount": 1_000_000, "priority": 3},
-]  # fmt: skip
+    {
+        "code": "alpha",
+        "name": "Alpha Bank",
+        "fee_bps": 290,
+        "fee_fixed": 30,
+        "expected_latency_ms": 40,
+        "hours": ("00:00", "00:00"),
+        "min_amount": 50,
+        "max_amount": 10_000_000,
+        "priority": 1,
+    },
+    {
+        "code": "beta",
+        "name": "Beta Payments",
+        "fee_bps": 190,
+        "fee_fixed": 20,
+        "expected_latency_ms": 120,
+        "hours": ("00:00", "00:00"),
+        "min_amount": 50,
+        "max_amount": 5_000_000,
+        "priority": 2,
+    },
+    {
+        "code": "gamma",
+        "name": "Gamma Pay",
+        "fee_bps": 120,
+        "fee_fixed": 10,
+        "expected_latency_ms": 250,
+        "hours": ("06:00", "22:00"),
+        "min_amount": 100,
+        "max_amount": 1_000_000,
+        "priority": 3,
+    },
+]
 
 
 def channels_ensure_sandbox() -> int:

@@ -82,8 +82,9 @@ def _branch(tcc: TccTransaction, name: str, status: str, detail: str = "") -> No
         TccBranch.objects.get_or_create(transaction=tcc, branch=name, defaults=fields)
 
 
-def _attempt(payment: Payment, channel: str, outcome: str, reason: str, detail: str = "",
-             latency_ms: int = 0) -> None:  # fmt: skip
+def _attempt(
+    payment: Payment, channel: str, outcome: str, reason: str, detail: str = "", latency_ms: int = 0
+) -> None:
     PaymentAttempt.objects.using(payment._state.db).create(
         payment=payment,
         user_id=payment.user_id,
@@ -165,8 +166,9 @@ def payment_pay(
         return payment
 
     try:
-        payment = fence_try(using=alias, xid=tcc.xid, branch="order", user_id=user_id,
-                            effect=order_try)  # fmt: skip
+        payment = fence_try(
+            using=alias, xid=tcc.xid, branch="order", user_id=user_id, effect=order_try
+        )
     except (InvalidOrderState, PaymentInProgress, FenceRefused) as exc:
         _branch(tcc, "order", B.FAILED, str(exc))
         _decide(tcc, T.CANCELLING)
@@ -446,8 +448,9 @@ def _confirm_order(tcc: TccTransaction, payment: Payment) -> None:
             ),
         )
 
-    if fence_confirm(using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id,
-                     effect=effect):  # fmt: skip
+    if fence_confirm(
+        using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id, effect=effect
+    ):
         orders.order_stock_commit(order_id=payment.order_id)
     _branch(tcc, "order", B.CONFIRMED)
 

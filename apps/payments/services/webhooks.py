@@ -37,8 +37,14 @@ def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest.hexdigest()}"
 
 
-def webhook_verify(*, channel: str, timestamp: str | None, signature: str | None,
-                   body: bytes, now: float | None = None) -> dict[str, Any]:  # fmt: skip
+def webhook_verify(
+    *,
+    channel: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    now: float | None = None,
+) -> dict[str, Any]:
     """The parsed event if the notification is authentic and fresh; WebhookRejected otherwise."""
     if not PaymentChannel.objects.filter(code=channel).exists():
         raise WebhookRejected("Unknown channel.")

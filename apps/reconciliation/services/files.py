@@ -90,7 +90,9 @@ def parse_rows(lines: Iterable[str]) -> Iterator[ParsedRow]:
                 f"line {index}: {len(fields)} fields, expected {len(COLUMNS)}",
                 extra={"line": index},
             )
-        txn, payment_id, kind, amount, currency, status, settled_at, fee = (f.strip() for f in fields)
+        txn, payment_id, kind, amount, currency, status, settled_at, fee = (
+            f.strip() for f in fields
+        )
         if not txn or len(txn) > 128 or not payment_id or len(payment_id) > 128:
             raise SettlementFileInvalid(
                 f"line {index}: missing or too long transaction or payment id",
@@ -115,8 +117,17 @@ def parse_rows(lines: Iterable[str]) -> Iterator[ParsedRow]:
                 f"line {index}: settled_at {settled_at!r} is not an ISO date-time with offset",
                 extra={"line": index},
             )
-        yield ParsedRow(index, txn, payment_id, kind, _whole(amount, "amount", index),
-                        currency, status, when, _whole(fee, "fee", index))  # fmt: skip
+        yield ParsedRow(
+            index,
+            txn,
+            payment_id,
+            kind,
+            _whole(amount, "amount", index),
+            currency,
+            status,
+            when,
+            _whole(fee, "fee", index),
+        )
 
 
 class _Hashing:
@@ -183,9 +194,18 @@ def settlement_import(
 
 
 _COPY_COLUMNS = (
-    "file_id", "line_no", "channel_transaction_id", "payment_id", "sort_key", "type", "amount",
-    "currency", "status", "settled_at", "fee",
-)  # fmt: skip
+    "file_id",
+    "line_no",
+    "channel_transaction_id",
+    "payment_id",
+    "sort_key",
+    "type",
+    "amount",
+    "currency",
+    "status",
+    "settled_at",
+    "fee",
+)
 
 
 def _insert(batch: list[SettlementRow]) -> None:
@@ -196,23 +216,40 @@ def _insert(batch: list[SettlementRow]) -> None:
         return
     # COPY: an order of magnitude faster than INSERTs for the million-row days.
     table = SettlementRow._meta.db_table
-    with connection.cursor() as cursor, cursor.copy(
-        f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
-    ) as copy:
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy,
+    ):
         for row in batch:
             copy.write_row(
-                (row.file_id, row.line_no, row.channel_transaction_id, row.payment_id,
-                 row.sort_key, row.type, row.amount, row.currency, row.status, row.settled_at,
-                 row.fee)
-            )  # fmt: skip
+                (
+                    row.file_id,
+                    row.line_no,
+                    row.channel_transaction_id,
+                    row.payment_id,
+                    row.sort_key,
+                    row.type,
+                    row.amount,
+                    row.currency,
+                    row.status,
+                    row.settled_at,
+                    row.fee,
+                )
+            )
 
 
 def settlement_fetch(*, channel: str, business_day: date) -> SettlementFile:
     """Fetch and import the channel's file for the day from the acquirer."""
-    url = f"{settings.ACQUIRER_URL.rstrip('/')}/settlements/{channel}/{business_day.isoformat()}.csv"
+    url = (
+        f"{settings.ACQUIRER_URL.rstrip('/')}/settlements/{channel}/{business_day.isoformat()}.csv"
+    )
     try:
-        response = http_json("GET", url, connect_timeout=settings.CHANNEL_CONNECT_TIMEOUT,
-                             read_timeout=settings.SETTLEMENT_FETCH_TIMEOUT)  # fmt: skip
+        response = http_json(
+            "GET",
+            url,
+            connect_timeout=settings.CHANNEL_CONNECT_TIMEOUT,
+            read_timeout=settings.SETTLEMENT_FETCH_TIMEOUT,
+        )
     except HttpError as exc:
         raise SettlementUnavailable(f"{channel} {business_day}: {exc}") from exc
     if response.status != 200 or not isinstance(response.body, str):

@@ -33,7 +33,9 @@ def payments_stuck_janitor(*, limit: int = 200) -> JanitorResult:
     for alias in order_shard_aliases():
         stuck = list(
             Payment.objects.using(alias)
-            .filter(status__in=[PaymentStatus.UNKNOWN, PaymentStatus.PENDING], updated_at__lt=cutoff)
+            .filter(
+                status__in=[PaymentStatus.UNKNOWN, PaymentStatus.PENDING], updated_at__lt=cutoff
+            )
             .order_by("updated_at")
             .values_list("id", flat=True)[:limit]
         )

@@ -75,7 +75,9 @@ def bank_groups(settlement: SettlementFile) -> Iterator[BankGroup]:
         .iterator(chunk_size=CHUNK)
     )
     for (payment_id, kind), group in groupby(rows, key=lambda r: (r[0], r[1])):
-        yield BankGroup(payment_id, kind, [(txn, amount, cur, st) for _, _, txn, amount, cur, st in group])
+        yield BankGroup(
+            payment_id, kind, [(txn, amount, cur, st) for _, _, txn, amount, cur, st in group]
+        )
 
 
 def _compare(ours: Ours, bank: BankGroup) -> list[Finding]:
@@ -85,8 +87,16 @@ def _compare(ours: Ours, bank: BankGroup) -> list[Finding]:
     for row in bank.rows:
         if row[0] in distinct:
             findings.append(
-                Finding(Outcome.DUPLICATE, f"txn:{row[0]}", ours.payment_id, ours.type, ours,
-                        row[1], row[2], row[3])  # fmt: skip
+                Finding(
+                    Outcome.DUPLICATE,
+                    f"txn:{row[0]}",
+                    ours.payment_id,
+                    ours.type,
+                    ours,
+                    row[1],
+                    row[2],
+                    row[3],
+                )
             )
         else:
             distinct[row[0]] = row
@@ -104,7 +114,9 @@ def _compare(ours: Ours, bank: BankGroup) -> list[Finding]:
         outcome = Outcome.STATUS_MISMATCH
     else:
         outcome = Outcome.MATCHED
-    findings.append(Finding(outcome, key, ours.payment_id, ours.type, ours, amount, currency, status))
+    findings.append(
+        Finding(outcome, key, ours.payment_id, ours.type, ours, amount, currency, status)
+    )
     return findings
 
 
@@ -116,16 +128,28 @@ def match(ours: Iterable[Ours], bank: Iterable[BankGroup], tally: Tally) -> Iter
         if theirs is None or (mine is not None and mine.key < theirs.key):
             tally.ours_count += 1
             tally.ours_total += mine.amount
-            yield Finding(Outcome.SYSTEM_ONLY, f"{mine.payment_id}:{mine.type}", mine.payment_id,
-                          mine.type, mine)  # fmt: skip
+            yield Finding(
+                Outcome.SYSTEM_ONLY,
+                f"{mine.payment_id}:{mine.type}",
+                mine.payment_id,
+                mine.type,
+                mine,
+            )
             mine = next(ours_iter, None)
         elif mine is None or theirs.key < mine.key:
             tally.bank_count += len(theirs.rows)
             tally.bank_total += sum(row[1] for row in theirs.rows)
             first = theirs.rows[0]
-            yield Finding(Outcome.BANK_ONLY, f"{theirs.payment_id}:{theirs.type}",
-                          theirs.payment_id, theirs.type, None,
-                          sum(r[1] for r in theirs.rows), first[2], first[3])  # fmt: skip
+            yield Finding(
+                Outcome.BANK_ONLY,
+                f"{theirs.payment_id}:{theirs.type}",
+                theirs.payment_id,
+                theirs.type,
+                None,
+                sum(r[1] for r in theirs.rows),
+                first[2],
+                first[3],
+            )
             theirs = next(bank_iter, None)
         else:
             tally.ours_count += 1

@@ -104,7 +104,9 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
             tally.matched += 1
             continue
         tally.by_outcome[finding.outcome] = tally.by_outcome.get(finding.outcome, 0) + 1
-        tally.unmatched_amount += abs((finding.bank_amount or 0) - (finding.ours.amount if finding.ours else 0))
+        tally.unmatched_amount += abs(
+            (finding.bank_amount or 0) - (finding.ours.amount if finding.ours else 0)
+        )
         discrepancy, created = _record(run, channel, business_day, finding)
         opened += created
         if discrepancy.status == Discrepancy.Status.OPEN:
@@ -161,7 +163,9 @@ def _note(discrepancy: Discrepancy, action: str) -> None:
 def _escalate(discrepancy: Discrepancy, summary: str) -> None:
     review_file(
         kind=REVIEW_KIND,
-        reference=f"{discrepancy.channel}:{discrepancy.business_day}:{discrepancy.kind}:{discrepancy.key}"[:100],
+        reference=f"{discrepancy.channel}:{discrepancy.business_day}:{discrepancy.kind}:{discrepancy.key}"[
+            :100
+        ],
         summary=summary,
         details={
             "discrepancy": discrepancy.id,
@@ -193,8 +197,10 @@ def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str
     try:
         status = ChannelClient(channel).status(payment_id=payment_id).get("status")
     except ChannelError as exc:
-        _escalate(discrepancy, f"capture {payment_id} missing from the file; the bank could "
-                               f"not be asked ({exc})")  # fmt: skip
+        _escalate(
+            discrepancy,
+            f"capture {payment_id} missing from the file; the bank could not be asked ({exc})",
+        )
         return
     if status in ("captured", "refunded"):
         _escalate(discrepancy, f"the bank confirms capture {payment_id} but its file omits it")
@@ -209,21 +215,32 @@ def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str
         currency=finding.ours.currency,
         reference=f"pay-{payment_id}",
     )
-    summary = (f"the bank reports payment {payment_id} as {status}, never captured: the "
-               f"capture was reversed in the ledger; order {payment.order_id if payment else '?'}"
-               " needs a decision (collect again or cancel)")  # fmt: skip
-    review_file(kind=REVIEW_KIND, reference=f"uncaptured:{payment_id}", summary=summary,
-                details={"discrepancy": discrepancy.id, "bank_status": status})  # fmt: skip
+    summary = (
+        f"the bank reports payment {payment_id} as {status}, never captured: the "
+        f"capture was reversed in the ledger; order {payment.order_id if payment else '?'}"
+        " needs a decision (collect again or cancel)"
+    )
+    review_file(
+        kind=REVIEW_KIND,
+        reference=f"uncaptured:{payment_id}",
+        summary=summary,
+        details={"discrepancy": discrepancy.id, "bank_status": status},
+    )
     _resolve(discrepancy, f"ledger corrected (bank status {status}); operators told")
 
 
 def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
     """The bank settled a capture we do not have as settled."""
     raw = finding.payment_id
-    payment = payment_get(payment_id=int(raw)) if raw.isdigit() and id_is_plausible(int(raw)) else None
+    payment = (
+        payment_get(payment_id=int(raw)) if raw.isdigit() and id_is_plausible(int(raw)) else None
+    )
     if payment is None:
-        _escalate(discrepancy, f"the bank settled {finding.bank_amount} for {raw}, which is no "
-                               "payment of ours: refund it to the cardholder?")  # fmt: skip
+        _escalate(
+            discrepancy,
+            f"the bank settled {finding.bank_amount} for {raw}, which is no "
+            "payment of ours: refund it to the cardholder?",
+        )
         return
     if payment.status in ("unknown", "pending"):
         try:
@@ -232,11 +249,17 @@ def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
             outcome = f"error: {exc}"
         payment = payment_get(payment_id=payment.id)
         if payment is not None and payment.status == "succeeded":
-            _resolve(discrepancy, f"healed: payment {payment.id} confirmed from the bank's own "
-                                  f"answer (transaction {outcome}); order paid, ledger posted")  # fmt: skip
+            _resolve(
+                discrepancy,
+                f"healed: payment {payment.id} confirmed from the bank's own "
+                f"answer (transaction {outcome}); order paid, ledger posted",
+            )
             return
-    _escalate(discrepancy, f"the bank settled payment {raw} which we hold as "
-                           f"{payment.status if payment else 'missing'}")  # fmt: skip
+    _escalate(
+        discrepancy,
+        f"the bank settled payment {raw} which we hold as "
+        f"{payment.status if payment else 'missing'}",
+    )
 
 
 def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:

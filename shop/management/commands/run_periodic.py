@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 from celery.schedules import maybe_schedule
-
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
