@@ -45,6 +45,11 @@ api_v1 = [
     ),
     path("wallet/", payments_api.WalletDetailApi.as_view(), name="api-wallet"),
     path(
+        "checkout-tickets/<int:ticket_id>/",
+        orders_api.CheckoutTicketDetailApi.as_view(),
+        name="api-checkout-ticket",
+    ),
+    path(
         "payments/webhooks/<slug:channel>/",
         payments_api.WebhookReceiveApi.as_view(),
         name="api-payment-webhook",

@@ -12,9 +12,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
+from shop.cache import groups_bump
 from shop.errors import ShopError
-from shop.models import ManualReviewItem
+from shop.models import ManualReviewItem, RateLimitRule, Switch
 from shop.review import review_assign, review_resolve
+from shop.runtime import runtime_refresh
 
 
 class ManualReviewForm(forms.ModelForm):
@@ -92,3 +94,30 @@ class ManualReviewItemAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{item.reference}: {exc.message}", messages.ERROR)
             else:
                 self.message_user(request, f"{item.reference}: queued again.", messages.SUCCESS)
+
+
+@admin.register(RateLimitRule)
+class RateLimitRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "rate", "period_seconds", "burst", "enabled", "updated_at"]
+    list_editable = ["rate", "period_seconds", "burst", "enabled"]
+    help_text = "Defaults live in settings.RATE_LIMITS; a row here overrides one layer."
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        runtime_refresh()
+
+
+@admin.register(Switch)
+class SwitchAdmin(admin.ModelAdmin):
+    list_display = ["name", "on", "description", "note", "updated_at"]
+    list_editable = ["on", "note"]
+
+    @admin.display(description="what it does")
+    def description(self, switch: Switch) -> str:
+        return settings.SWITCHES.get(switch.name, "(unknown switch)")
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        runtime_refresh()
+        # Shared pages were built under the old switches: retire them.
+        groups_bump(settings.PAGE_CACHE_GROUPS)

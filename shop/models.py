@@ -216,3 +216,37 @@ class TccShardFence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.xid}/{self.branch}: {self.status}"
+
+
+class RateLimitRule(models.Model):
+    """An operator's override of one rate-limit layer (settings.RATE_LIMITS holds the
+    defaults). Read through shop.runtime, so a change applies within RUNTIME_CONFIG_TTL
+    seconds in every process, without a restart."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    rate = models.PositiveIntegerField(help_text="Requests allowed per period.")
+    period_seconds = models.FloatField(help_text="The period, in seconds.")
+    burst = models.PositiveIntegerField(default=1, help_text="Requests allowed back to back.")
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.rate}/{self.period_seconds:g}s"
+
+
+class Switch(models.Model):
+    """A degradation switch operators flip during a sale (see settings.SWITCHES)."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    on = models.BooleanField(default=False)
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'on' if self.on else 'off'}"

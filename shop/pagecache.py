@@ -34,6 +34,7 @@ from shop.cache import (
     group_versions,
     version_key,
 )
+from shop.runtime import switch_on
 
 View = Callable[..., HttpResponse]
 PAGE_CACHE_HEADER = "X-Page-Cache"
@@ -109,6 +110,21 @@ def _storable(request: HttpRequest, response: HttpResponse) -> bool:
     )
 
 
+def _replay(entry: dict[str, Any], how: str) -> HttpResponse:
+    response = HttpResponse(entry["content"])
+    for name, value in entry["headers"].items():
+        response[name] = value
+    response[PAGE_CACHE_HEADER] = how
+    return response
+
+
+def _stale_copy(key: str) -> dict[str, Any] | None:
+    try:
+        return cache_call("page_stale", cache.get, f"stale:{key}")
+    except CacheUnavailable:
+        return None
+
+
 class PageCacheMiddleware:
     def __init__(self, get_response: View) -> None:
         self.get_response = get_response
@@ -121,12 +137,12 @@ class PageCacheMiddleware:
             entry, versions = _lookup(key)
         except CacheUnavailable:
             return self.get_response(request)
+        if entry is None and switch_on("serve_stale"):
+            entry = _stale_copy(key)
+            if entry is not None:
+                return _replay(entry, "stale")
         if entry is not None:
-            response = HttpResponse(entry["content"])
-            for name, value in entry["headers"].items():
-                response[name] = value
-            response[PAGE_CACHE_HEADER] = "hit"
-            return response
+            return _replay(entry, "hit")
 
         response = self.get_response(request)
         if _storable(request, response):
@@ -138,5 +154,7 @@ class PageCacheMiddleware:
             ttl = max(1, settings.PAGE_CACHE_TTL)
             with contextlib.suppress(CacheUnavailable):  # logged; the response is still good
                 cache_call("page_set", cache.set, key, value, ttl)
+                # A long-lived copy the "serve_stale" switch can fall back on during a sale.
+                cache_call("page_set", cache.set, f"stale:{key}", value, settings.STALE_PAGE_TTL)
         response[PAGE_CACHE_HEADER] = "miss"
         return response

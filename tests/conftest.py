@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from shop.cache import cache_health_reset
+from shop.runtime import runtime_defaults
 
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 HOW_TO = "run `make test-services` (local PostgreSQL, Redis, RabbitMQ) to include it"
@@ -88,5 +89,6 @@ def _fresh_cache() -> None:
     """Every test starts with an empty cache and a cache this process believes is up."""
     cache.clear()
     cache_health_reset()
+    runtime_defaults()
     yield
     cache_health_reset()

@@ -163,3 +163,12 @@ def catalog_preheat(
         result.listings += cache_put_many({key: (groups, data)}, ttl=ttl, versions=versions)
     result.seconds = time.monotonic() - started
     return result
+
+
+@transaction.atomic(using="default")
+def sku_per_user_limit_set(*, sku: Sku, per_user_limit: int | None) -> Sku:
+    """Limit how many units of a SKU one buyer may hold (None: no limit)."""
+    sku.per_user_limit = per_user_limit
+    sku.save(update_fields=["per_user_limit"])
+    catalog_changed(product_ids=[sku.product_id])
+    return sku

@@ -7,6 +7,9 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from apps.catalog import selectors
+from shop.runtime import switch_on
+
+RELATED_COUNT = 4
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -76,4 +79,16 @@ def product_detail(request: HttpRequest, product_id: int, slug: str = "") -> Htt
             reverse("product-detail", kwargs={"product_id": product_id, "slug": product["slug"]}),
             permanent=True,
         )
-    return render(request, "catalog/product_detail.html", {"product": product})
+    return render(
+        request,
+        "catalog/product_detail.html",
+        {"product": product, "related": _related(product) if not switch_on("widgets_off") else []},
+    )
+
+
+def _related(product: dict) -> list[dict]:
+    """A few popular products of the same category (a non-core widget: "widgets_off" hides it)."""
+    page = selectors.product_page(
+        category_id=product["category"]["id"], sort="popular", page_size=RELATED_COUNT + 1
+    )
+    return [p for p in page.items if p["id"] != product["id"]][:RELATED_COUNT]

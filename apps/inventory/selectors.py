@@ -55,3 +55,8 @@ def reservation_states(order_ids: Sequence[int]) -> dict[int, set[str]]:
     ):
         states.setdefault(order_id, set()).add(status)
     return states
+
+
+def stock_available_now(*, sku_id: int) -> int:
+    """Units available per the database, uncached (the truth, for flash-sale counters)."""
+    return Stock.objects.filter(sku_id=sku_id).values_list("available", flat=True).first() or 0

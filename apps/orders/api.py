@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -10,11 +12,15 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from apps.orders import selectors, services
-from apps.orders.exceptions import OrderNotFound
-from apps.orders.models import Order
-from shop.idempotency import HEADER, Replay, idempotent_request
+from apps.inventory.exceptions import OutOfStock
+from apps.inventory.gate import GateUnavailable, gate_admit, gate_give_back
+from apps.orders import flash, selectors, services
+from apps.orders.exceptions import OrderNotFound, PurchaseLimitExceeded
+from apps.orders.models import CheckoutTicket, Order
+from shop.errors import NotFound, ServiceUnavailable
+from shop.idempotency import HEADER, Replay, idempotent_request, validate_key
 from shop.sharding import shard_for_user
+from shop.throttle import hot_sku_check
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER, str, OpenApiParameter.HEADER, required=True, description="1-255 printable characters"
@@ -81,21 +87,129 @@ class OrderCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         user_id = request.user.id
+        validate_key(request.headers.get(HEADER))
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        items = serializer.validated_data["items"]
+        flash_sku = flash.flash_sku_in(items)
+        with flash.checkout_in_flight() as load:
+            if flash_sku is not None or load.busy:
+                queued = _queued_checkout(
+                    request, user_id=user_id, items=items, flash_sku=flash_sku
+                )
+                if queued is not None:
+                    return queued
+            return _direct_checkout(request, user_id=user_id, items=items)
+
+
+def _direct_checkout(request: Request, *, user_id: int, items: list[dict[str, Any]]) -> Response:
+    with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
+        if isinstance(claim, Replay):
+            return claim.response()
+        body: dict[str, Any] = {}
+
+        def record(order: Order) -> None:  # inside the order's transaction
+            body.update(order_body(order))
+            claim.complete(status=201, body=body)
+
+        services.order_place(user_id=user_id, items=items, on_created=record)
+        return Response(body, status=201)
+
+
+def ticket_body(ticket: CheckoutTicket, request: Request) -> dict[str, Any]:
+    return {
+        "ticket": str(ticket.id),
+        "status": ticket.status,
+        "poll": request.build_absolute_uri(
+            reverse("api-checkout-ticket", kwargs={"ticket_id": ticket.id})
+        ),
+    }
+
+
+def _queued_checkout(
+    request: Request,
+    *,
+    user_id: int,
+    items: list[dict[str, Any]],
+    flash_sku: flash.FlashSku | None,
+) -> Response | None:
+    """Admit the checkout into the queue (202 with a ticket), or refuse it at once. None when
+    the gate cannot be used (Redis down): the caller takes the plain database path."""
+    key = request.headers.get(HEADER)
+    admitted, seq, quantity = False, 0, 0
+    if flash_sku is not None:
+        quantity = sum(item["quantity"] for item in items if item["sku"] == flash_sku.code)
+        hot_sku_check(flash_sku.sku_id)
+        try:
+            admission = gate_admit(
+                sku_id=flash_sku.sku_id,
+                user_id=user_id,
+                quantity=quantity,
+                per_user_limit=flash_sku.per_user_limit,
+                idempotency_key=key,
+                truth=functools.partial(flash.flash_sale_truth, sku_id=flash_sku.sku_id),
+            )
+        except GateUnavailable:
+            return None
+        if admission.outcome == "sold_out":
+            raise OutOfStock(extra={"sku": flash_sku.code})
+        if admission.outcome == "limit":
+            raise PurchaseLimitExceeded(
+                f"At most {flash_sku.per_user_limit} per buyer.",
+                extra={"sku": flash_sku.code, "limit": flash_sku.per_user_limit},
+            )
+        if admission.outcome == "busy":
+            raise ServiceUnavailable("The queue for this sale is full; try again shortly.")
+        admitted, seq = admission.outcome == "admitted", admission.seq
+
+    created = False
+    try:
         with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
             if isinstance(claim, Replay):
                 return claim.response()
-            serializer = self.InputSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
             body: dict[str, Any] = {}
 
-            def record(order: Order) -> None:  # inside the order's transaction
-                body.update(order_body(order))
-                claim.complete(status=201, body=body)
+            def record(ticket: CheckoutTicket) -> None:  # inside the ticket's transaction
+                body.update(ticket_body(ticket, request))
+                claim.complete(status=202, body=body)
 
-            services.order_place(
-                user_id=user_id, items=serializer.validated_data["items"], on_created=record
+            flash.ticket_create(
+                user_id=user_id, items=items, flash=flash_sku, seq=seq, on_created=record
             )
-            return Response(body, status=201)
+            created = True
+            return Response(body, status=202)
+    finally:
+        if admitted and not created:  # admitted twice, or the ticket could not be written
+            gate_give_back(sku_id=flash_sku.sku_id, user_id=user_id, quantity=quantity,
+                           was_queued=True)  # fmt: skip
+
+
+class CheckoutTicketDetailApi(APIView):
+    """A queued checkout: `queued` (with its position when known), `accepted` (with the order)
+    or `rejected` (with the reason's code)."""
+
+    class OutputSerializer(serializers.Serializer):
+        ticket = serializers.CharField()
+        status = serializers.CharField()
+        order = serializers.CharField(allow_null=True)
+        code = serializers.CharField(allow_null=True)
+        detail = serializers.CharField(allow_null=True)
+        position = serializers.IntegerField(allow_null=True)
+
+    @extend_schema(responses={200: OutputSerializer})
+    def get(self, request: Request, ticket_id: int) -> Response:
+        ticket = flash.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
+        if ticket is None:
+            raise NotFound("No such checkout ticket.")
+        body = {
+            "ticket": str(ticket.id),
+            "status": ticket.status,
+            "order": str(ticket.order_id) if ticket.order_id else None,
+            "code": ticket.reject_code or None,
+            "detail": ticket.reject_detail or None,
+            "position": flash.ticket_position(ticket),
+        }
+        return Response(self.OutputSerializer(body).data)
 
 
 class OrderListApi(APIView):

@@ -144,3 +144,42 @@ class LoyaltyEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.points} points for order {self.order_id}"
+
+
+@sharded
+class CheckoutTicket(models.Model):
+    """A checkout accepted into the queue (peak shaving). It always ends `accepted` (with its
+    order) or `rejected` (with a reason the buyer sees); never lost."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        ACCEPTED = "accepted"
+        REJECTED = "rejected"
+
+    id = models.BigIntegerField(primary_key=True)
+    user_id = models.BigIntegerField()
+    items = models.JSONField(help_text='[{"sku": code, "quantity": n}]')
+    gate_sku_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The flash-sale SKU whose gate admitted it."
+    )
+    gate_quantity = models.PositiveIntegerField(default=0)
+    seq = models.BigIntegerField(default=0, help_text="Position in the gate's arrival order.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    order_id = models.BigIntegerField(null=True, blank=True)
+    reject_code = models.CharField(max_length=40, blank=True)
+    reject_detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["gate_sku_id"],
+                name="orders_ticket_queued_by_sku",
+                condition=Q(status="queued"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"ticket {self.id} ({self.status})"

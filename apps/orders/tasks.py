@@ -60,3 +60,27 @@ def orders_expire_sweep() -> dict:
         "committed": result.committed,
         "unreachable": result.unreachable,
     }
+
+
+@shared_task(
+    bind=True,
+    name="apps.orders.tasks.checkout_ticket_process",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+)
+def checkout_ticket_process(self, ticket_id: str, message_id: str | None = None) -> str:
+    """A queued checkout becomes an order or a rejection. An outage is retried, never lost."""
+    from apps.orders import flash
+
+    try:
+        return flash.ticket_process(ticket_id=int(ticket_id))
+    except DatabaseError as exc:
+        raise self.retry(exc=exc, countdown=5) from exc
+
+
+@shared_task(name="apps.orders.tasks.flash_sales_repair", ignore_result=True)
+def flash_sales_repair() -> int:
+    from apps.orders import flash
+
+    return flash.flash_sales_repair()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from typing import Any
 
@@ -17,8 +18,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from apps.catalog.selectors import skus_for_checkout
+from apps.inventory.gate import GateUnavailable, gate_admit, gate_give_back
 from apps.inventory.selectors import stock_available_many
-from apps.orders import selectors, services
+from apps.orders import flash, selectors, services
 from apps.orders.cart import Cart
 from shop.errors import ShopError
 from shop.idempotency import (
@@ -29,6 +31,7 @@ from shop.idempotency import (
     request_fingerprint,
 )
 from shop.sharding import shard_for_user
+from shop.throttle import hot_sku_check
 
 
 def _positive_int(value: str | None, default: int = 0) -> int:
@@ -142,9 +145,14 @@ def checkout(request: HttpRequest) -> HttpResponse:
     except IdempotencyMismatch:
         messages.info(request, "Your cart changed meanwhile; please check it and try again.")
         return redirect("cart")
-    if isinstance(outcome, Replay):  # the same form submitted twice: show the first order
-        order_id = (outcome.body or {}).get("id")
-        return redirect("order-detail", order_id=order_id) if order_id else redirect("cart")
+    if isinstance(outcome, Replay):  # the same form submitted twice: show the first outcome
+        body = outcome.body or {}
+        if body.get("ticket"):
+            return redirect("checkout-ticket", ticket_id=body["ticket"])
+        return redirect("order-detail", order_id=body["id"]) if body.get("id") else redirect("cart")
+    flash_sku = flash.flash_sku_in(items)
+    if flash_sku is not None:
+        return _checkout_queued(request, outcome, cart, items, flash_sku, key)
     try:
         order = services.order_place(
             user_id=user_id,
@@ -162,6 +170,71 @@ def checkout(request: HttpRequest) -> HttpResponse:
     cart.clear()
     messages.success(request, "Your items are reserved. Please pay before the timer runs out.")
     return redirect("order-detail", order_id=order.id)
+
+
+def _checkout_queued(
+    request: HttpRequest, claim: Any, cart: Cart, items: list, flash_sku: Any, key: str
+) -> HttpResponse:
+    """A cart holding a flash-sale item joins that sale's queue (see apps.orders.flash)."""
+    user_id = request.user.id
+    quantity = sum(item["quantity"] for item in items if item["sku"] == flash_sku.code)
+    try:
+        hot_sku_check(flash_sku.sku_id)
+        admission = gate_admit(
+            sku_id=flash_sku.sku_id, user_id=user_id, quantity=quantity,
+            per_user_limit=flash_sku.per_user_limit, idempotency_key=f"storefront:{key}",
+            truth=functools.partial(flash.flash_sale_truth, sku_id=flash_sku.sku_id),
+        )  # fmt: skip
+    except GateUnavailable:
+        admission = None  # no Redis: the plain database path below
+    except ShopError as exc:
+        claim.release()
+        messages.error(request, exc.message)
+        return redirect("cart")
+    if admission is None:
+        order = services.order_place(
+            user_id=user_id,
+            items=items,
+            on_created=lambda order: claim.complete(status=201, body={"id": str(order.id)}),
+        )
+        cart.clear()
+        return redirect("order-detail", order_id=order.id)
+    refusals = {
+        "sold_out": "Sorry — that item has just sold out.",
+        "limit": f"That is more than {flash_sku.per_user_limit} per customer.",
+        "busy": "The queue for this sale is full right now; please try again in a moment.",
+    }
+    if admission.outcome in refusals:
+        claim.release()
+        messages.error(request, refusals[admission.outcome])
+        return redirect("cart")
+    try:
+        ticket = flash.ticket_create(
+            user_id=user_id, items=items, flash=flash_sku, seq=admission.seq,
+            on_created=lambda t: claim.complete(status=202, body={"ticket": str(t.id)}),
+        )  # fmt: skip
+    except BaseException:
+        gate_give_back(sku_id=flash_sku.sku_id, user_id=user_id, quantity=quantity,
+                       was_queued=True)  # fmt: skip
+        raise
+    cart.clear()
+    return redirect("checkout-ticket", ticket_id=ticket.id)
+
+
+@login_required
+def checkout_ticket(request: HttpRequest, ticket_id: int) -> HttpResponse:
+    """The waiting page of a queued checkout; it refreshes itself until the outcome is known."""
+    ticket = flash.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
+    if ticket is None:
+        raise Http404("No such checkout.")
+    if ticket.status == ticket.Status.ACCEPTED:
+        messages.success(request, "You got it! Your items are reserved — please pay now.")
+        return redirect("order-pay", order_id=ticket.order_id)
+    return render(
+        request,
+        "orders/ticket.html",
+        {"ticket": ticket, "position": flash.ticket_position(ticket)},
+    )
 
 
 @login_required

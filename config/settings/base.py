@@ -57,6 +57,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Rate-limit layers and the read-only switch, once the view is known (shop.throttle).
+    "shop.throttle.ThrottleMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, so it sees exceptions from every view: ShopError and "database unavailable"
     # become the API error body or a friendly page, never a stack trace.
@@ -78,6 +80,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "apps.catalog.context_processors.storefront",
+                "shop.context_processors.switches",
             ],
         },
     },
@@ -189,6 +192,8 @@ AVAILABILITY_CACHE_TTL = env.int("AVAILABILITY_CACHE_TTL", default=3)
 # Whole pages shared by anonymous readers (shop.pagecache) show stock too, so they live no
 # longer than the stock figures; edits still invalidate them at once through their groups.
 PAGE_CACHE_TTL = env.int("PAGE_CACHE_TTL", default=AVAILABILITY_CACHE_TTL)
+# How long the last copy of a shared page stays available for the "serve_stale" switch.
+STALE_PAGE_TTL = env.int("STALE_PAGE_TTL", default=3600)
 # Paths whose anonymous GETs are looked up in the page cache (views still opt in to storing).
 # Empty disables the page cache.
 PAGE_CACHE_PATHS = env("PAGE_CACHE_PATHS", default=r"^/(products/.*|api/v1/products/.*)?$")
@@ -232,7 +237,9 @@ NOTIFICATIONS_QUEUE = "notifications"
 ORDER_PROCESSING_QUEUE = "order.processing"
 ORDER_PROCESSING_DLQ = "order.processing.dlq"
 PAYMENTS_QUEUE = "payments"
+CHECKOUT_QUEUE = "checkout"
 CELERY_WORKER_QUEUES = [
+    CHECKOUT_QUEUE,
     "default",
     NOTIFICATIONS_QUEUE,
     ORDER_PROCESSING_QUEUE,
@@ -244,6 +251,7 @@ CELERY_TASK_ROUTES = {
     "apps.orders.tasks.order_dead_letter": {"queue": ORDER_PROCESSING_DLQ},
     "apps.orders.tasks.order_placed_notify": {"queue": NOTIFICATIONS_QUEUE},
     "apps.payments.tasks.*": {"queue": PAYMENTS_QUEUE},
+    "apps.orders.tasks.checkout_ticket_process": {"queue": CHECKOUT_QUEUE},
 }
 # RabbitMQ's consumer_timeout (30 min by default): a late-acked message held longer than this
 # (an ETA/countdown task) makes the broker close the channel. Every countdown stays below it.
@@ -312,6 +320,37 @@ TCC_RETRY_MAX = env.float("TCC_RETRY_MAX", default=600.0)
 # still recognised), then are deleted.
 TCC_FENCE_RETENTION_DAYS = env.int("TCC_FENCE_RETENTION_DAYS", default=7)
 
+# --- Flash sales: admission control --------------------------------------------------------------
+# Rate-limit layers: name → (requests, per seconds, burst). Operators override any of them at
+# run time in the admin (Platform → Rate limit rules); RUNTIME_CONFIG_TTL bounds how long a
+# change takes to reach every process.
+RATE_LIMITS = {
+    # Per buyer on write endpoints: far above any human, far below a script.
+    "user_writes": (100, 600, 100),
+    # Per endpoint and system-wide: what this deployment can serve; GCRA, so no 2x burst at a
+    # window boundary. The burst absorbs a second's jitter.
+    "endpoint": (1000, 1, 200),
+    "system": (10_000, 1, 2000),
+    # Per flash-sale SKU: admissions per second into its queue.
+    "hot_sku": (2000, 1, 400),
+    # Login attempts per IP and per username (password guessing).
+    "login": (10, 60, 10),
+}
+RUNTIME_CONFIG_TTL = env.float("RUNTIME_CONFIG_TTL", default=5.0)
+# Degradation switches operators can flip in the admin (Platform → Switches).
+SWITCHES = {
+    "widgets_off": "Hide non-core widgets (related products)",
+    "serve_stale": "Serve the last cached copy of shared pages even when stale",
+    "read_only": "Browse only: every write answers 503 and pages show a banner",
+}
+# A flash-sale SKU's checkout queue holds at most this many waiting tickets; past it the
+# answer is an immediate 503 with Retry-After.
+CHECKOUT_QUEUE_BOUND = env.int("CHECKOUT_QUEUE_BOUND", default=5000)
+# Above this many checkouts in flight at once, ordinary checkouts are queued too.
+CHECKOUT_QUEUE_ABOVE_INFLIGHT = env.int("CHECKOUT_QUEUE_ABOVE_INFLIGHT", default=200)
+# Gate counters live this long after their last change (a sale lasts minutes to hours).
+FLASH_SALE_COUNTER_TTL = env.int("FLASH_SALE_COUNTER_TTL", default=24 * 3600)
+
 # --- Reconciliation -----------------------------------------------------------------------------
 # Fetching a day's settlement file may take a while for a big day.
 SETTLEMENT_FETCH_TIMEOUT = env.float("SETTLEMENT_FETCH_TIMEOUT", default=60.0)
@@ -358,6 +397,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.reconciliation.tasks.reconcile_previous_day",
         "schedule": crontab(hour=2, minute=0),
     },
+    "flash-sales-repair": {"task": "apps.orders.tasks.flash_sales_repair", "schedule": 60.0},
     "payments-stuck-janitor": {
         "task": "apps.reconciliation.tasks.payments_stuck_janitor",
         "schedule": 300.0,

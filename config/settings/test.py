@@ -24,3 +24,7 @@ WHITENOISE_AUTOREFRESH = False
 for _alias, _db in DATABASES.items():  # noqa: F405
     if _db["ENGINE"] == "django.db.backends.sqlite3":
         _db["TEST"] = {"NAME": str(VAR_DIR / f"test_{_alias}.sqlite3")}  # noqa: F405
+
+# Tests change rate limits and switches through shop.runtime.runtime_refresh(); otherwise the
+# defaults stay in force (no surprise queries in query-count tests).
+RUNTIME_CONFIG_TTL = 3600

@@ -1,0 +1,207 @@
+"""The flash-sale stock gate: admission in Redis, one atomic Lua call per attempt.
+
+For a SKU on flash sale the gate keeps four counters (each with a TTL):
+
+* ``remaining`` — units the gate may still admit;
+* ``users``     — units admitted or held per buyer (the per-user limit);
+* ``queued``    — tickets admitted and not yet processed (the queue's bound);
+* ``seq``       — the arrival order, which the queue follows.
+
+An attempt is admitted (units taken, buyer counted, a place in line given) or refused at once
+— sold out, over the buyer's limit, queue full — without touching the database. The database
+reservation made when the ticket is processed stays the truth: the gate can only refuse too
+early (a lost sale), never admit more than the database will reserve. If the counters are
+missing (Redis restarted or flushed mid-sale) they are rebuilt from the database — stock, held
+orders and queued tickets — before admitting anyone again. A Redis outage sends checkouts for
+the SKU down the plain database path (slower, still no oversell).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django_redis import get_redis_connection
+
+from shop.cache import CACHE_BACKEND_ERRORS, cache_available
+from shop.locks import OwnedLock, cache_is_redis
+
+logger = logging.getLogger(__name__)
+
+# KEYS: remaining, users, queued, seq, idempotency marker
+# ARGV: user id, quantity, per-user limit (0 = none), queue bound, ttl
+_ADMIT = """
+local replay = redis.call('GET', KEYS[5])
+if replay then return {'replay', replay} end
+local remaining = redis.call('GET', KEYS[1])
+if not remaining then return {'rebuild', ''} end
+local qty = tonumber(ARGV[2])
+if tonumber(remaining) < qty then return {'sold_out', remaining} end
+local limit = tonumber(ARGV[3])
+local had = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if limit > 0 and had + qty > limit then return {'limit', tostring(had)} end
+local queued = tonumber(redis.call('GET', KEYS[3]) or '0')
+if queued >= tonumber(ARGV[4]) then return {'busy', tostring(queued)} end
+redis.call('DECRBY', KEYS[1], qty)
+redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
+redis.call('INCR', KEYS[3])
+local seq = redis.call('INCR', KEYS[4])
+local ttl = tonumber(ARGV[5])
+redis.call('SET', KEYS[5], seq, 'EX', ttl)
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+return {'admitted', tostring(seq)}
+"""
+
+# KEYS: remaining, users, queued; ARGV: user id, quantity to give back, 1 if still queued
+_GIVE_BACK = """
+if not redis.call('GET', KEYS[1]) then return 0 end
+local qty = tonumber(ARGV[2])
+if qty > 0 then
+  redis.call('INCRBY', KEYS[1], qty)
+  local left = redis.call('HINCRBY', KEYS[2], ARGV[1], -qty)
+  if left <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+end
+if ARGV[3] == '1' then
+  local queued = redis.call('DECR', KEYS[3])
+  if queued < 0 then redis.call('SET', KEYS[3], 0) end
+end
+return 1
+"""
+
+
+class GateUnavailable(Exception):
+    """Redis cannot be used: take the plain database path."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    outcome: str  # admitted | replay | sold_out | limit | busy
+    seq: int = 0
+
+
+def _keys(sku_id: int) -> list[str]:
+    return [
+        cache.make_key(f"gate:{sku_id}:{part}") for part in ("remaining", "users", "queued", "seq")
+    ]
+
+
+def _client():
+    if not cache_is_redis() or not cache_available():
+        raise GateUnavailable("no shared Redis")
+    return get_redis_connection("default")
+
+
+def gate_admit(
+    *,
+    sku_id: int,
+    user_id: int,
+    quantity: int,
+    per_user_limit: int | None,
+    idempotency_key: str,
+    truth: Callable[[], dict[str, Any] | None],
+) -> Admission:
+    """Try to admit one checkout attempt. ``truth()`` gives the counters as the database sees
+    them, for a rebuild. Raises GateUnavailable when Redis cannot be used."""
+    client = _client()
+    marker = cache.make_key(f"gate:idem:{sku_id}:{user_id}:{idempotency_key}")
+    keys = [*_keys(sku_id), marker]
+    args = [user_id, quantity, per_user_limit or 0, settings.CHECKOUT_QUEUE_BOUND,
+            settings.FLASH_SALE_COUNTER_TTL]  # fmt: skip
+    try:
+        script = client.register_script(_ADMIT)
+        outcome, value = script(keys=keys, args=args)
+        if outcome == b"rebuild":
+            gate_rebuild(sku_id=sku_id, truth=truth)
+            outcome, value = script(keys=keys, args=args)
+    except CACHE_BACKEND_ERRORS as exc:
+        raise GateUnavailable(str(exc)) from exc
+    outcome = outcome.decode()
+    if outcome == "rebuild":
+        raise GateUnavailable("the gate's counters could not be rebuilt")
+    return Admission(outcome, int(value) if outcome in ("admitted", "replay") else 0)
+
+
+def gate_give_back(*, sku_id: int, user_id: int, quantity: int, was_queued: bool) -> None:
+    """Return units to the gate (an admitted attempt that will not become an order for a
+    reason other than the stock) and/or leave the queue. Best effort: a failure only makes
+    the gate stricter until the repair job or a rebuild corrects it."""
+    try:
+        script = _client().register_script(_GIVE_BACK)
+        script(keys=_keys(sku_id)[:3], args=[user_id, quantity, 1 if was_queued else 0])
+    except (GateUnavailable, *CACHE_BACKEND_ERRORS) as exc:
+        logger.warning("gate of SKU %s not given back %s units: %s", sku_id, quantity, exc)
+
+
+def gate_leave_queue(*, sku_id: int) -> None:
+    gate_give_back(sku_id=sku_id, user_id=0, quantity=0, was_queued=True)
+
+
+@dataclass(frozen=True)
+class GateState:
+    remaining: int | None
+    queued: int
+    seq: int
+    users: dict[int, int]
+
+
+def gate_state(*, sku_id: int) -> GateState | None:
+    """The counters as Redis holds them (None without Redis)."""
+    try:
+        client = _client()
+        remaining_key, users_key, queued_key, seq_key = _keys(sku_id)
+        remaining, queued, seq = client.mget([remaining_key, queued_key, seq_key])
+        users = client.hgetall(users_key)
+    except (GateUnavailable, *CACHE_BACKEND_ERRORS):
+        return None
+    return GateState(
+        int(remaining) if remaining is not None else None,
+        int(queued or 0),
+        int(seq or 0),
+        {int(k): int(v) for k, v in users.items()},
+    )
+
+
+def gate_load(*, sku_id: int, remaining: int, users: dict[int, int], queued: int, seq: int) -> None:
+    """Replace the counters (a sale starting, a rebuild, a repair)."""
+    client = _client()
+    remaining_key, users_key, queued_key, seq_key = _keys(sku_id)
+    ttl = settings.FLASH_SALE_COUNTER_TTL
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(users_key)
+    held = {str(user): units for user, units in users.items() if units > 0}
+    if held:
+        pipe.hset(users_key, mapping=held)
+    pipe.set(queued_key, queued, ex=ttl)
+    pipe.set(seq_key, max(seq, 0), ex=ttl)
+    pipe.expire(users_key, ttl)
+    pipe.set(remaining_key, max(remaining, 0), ex=ttl)  # last: admissions wait for it
+    pipe.execute()
+
+
+def gate_rebuild(*, sku_id: int, truth: Callable[[], dict[str, Any] | None]) -> None:
+    """Rebuild the counters from ``truth()`` (the database's view) under a lock: one process
+    does it; the others find the counters back when they retry."""
+    lock = OwnedLock(f"gate-rebuild:{sku_id}", ttl=30)
+    if not lock.acquire():
+        return
+    try:
+        if _client().exists(_keys(sku_id)[0]):
+            return  # another process rebuilt it first
+        counters = truth()
+        if counters is None:
+            return  # not on sale: nothing to admit
+        gate_load(sku_id=sku_id, **counters)
+        logger.warning("gate of SKU %s rebuilt from the database: %s", sku_id, counters)
+    finally:
+        lock.release()
+
+
+def gate_clear(*, sku_id: int) -> None:
+    try:
+        _client().delete(*_keys(sku_id))
+    except (GateUnavailable, *CACHE_BACKEND_ERRORS):
+        pass

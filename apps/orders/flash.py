@@ -1,0 +1,328 @@
+"""Flash sales and queued checkout (peak shaving).
+
+A checkout for a flash-sale SKU — or any checkout while too many are in flight — is not
+placed in the request: the Redis gate (``apps.inventory.gate``) admits it or refuses it at
+once, and an admitted one becomes a :class:`CheckoutTicket` on the buyer's shard, queued for a
+worker (queue ``checkout``) through the outbox. The worker turns tickets into orders in arrival
+order with the same ``order_place`` as the direct path, so the database reservation stays the
+truth; each ticket ends `accepted` (with its order) or `rejected` (with a reason), exactly once
+— a worker that dies mid-ticket leaves it queued and the broker redelivers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max, Sum
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from apps.catalog.services import sku_per_user_limit_set
+from apps.inventory.exceptions import OutOfStock
+from apps.inventory.gate import GateUnavailable, gate_give_back, gate_load, gate_state
+from apps.inventory.models import FlashSale
+from apps.inventory.selectors import stock_available_now
+from apps.inventory.services import stock_receive
+from apps.orders import services
+from apps.orders.exceptions import CheckoutInvalid, PurchaseLimitExceeded
+from apps.orders.models import CheckoutTicket, Order, OrderLine
+from shop.cache import CACHE_BACKEND_ERRORS, cache_available
+from shop.locks import cache_is_redis
+from shop.outbox import outbox_enqueue
+from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
+from shop.sharding.ids import id_generate, id_is_plausible
+
+logger = logging.getLogger(__name__)
+
+TICKET_TASK = "apps.orders.tasks.checkout_ticket_process"
+# How long this process trusts its list of flash sales (the admission path must not query
+# the database for it).
+FLASH_LIST_TTL = 2.0
+
+
+@dataclass(frozen=True)
+class FlashSku:
+    sku_id: int
+    code: str
+    per_user_limit: int | None
+
+
+class _FlashList:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.loaded_at = float("-inf")
+        self.by_code: dict[str, FlashSku] = {}
+
+    def get(self) -> dict[str, FlashSku]:
+        if time.monotonic() - self.loaded_at > FLASH_LIST_TTL:
+            with self._lock:
+                if time.monotonic() - self.loaded_at > FLASH_LIST_TTL:
+                    self.by_code = {
+                        code: FlashSku(sku_id, code, limit)
+                        for sku_id, code, limit in FlashSale.objects.filter(active=True)
+                        .select_related("sku")
+                        .values_list("sku_id", "sku__code", "per_user_limit")
+                    }
+                    self.loaded_at = time.monotonic()
+        return self.by_code
+
+    def forget(self) -> None:
+        self.loaded_at = float("-inf")
+
+
+flash_list = _FlashList()
+
+
+def flash_sku_in(items: Sequence[dict[str, Any]]) -> FlashSku | None:
+    """The flash-sale SKU among the requested items, if any."""
+    on_sale = flash_list.get()
+    for item in items:
+        if item["sku"] in on_sale:
+            return on_sale[item["sku"]]
+    return None
+
+
+# --- The database's view of a sale (the truth the gate is rebuilt from) -------------------------
+
+
+def flash_sale_truth(*, sku_id: int) -> dict[str, Any] | None:
+    sale = FlashSale.objects.filter(sku_id=sku_id, active=True).first()
+    if sale is None:
+        return None
+    queued_units = 0
+    users: dict[int, int] = {}
+    queued = seq = 0
+    for alias in order_shard_aliases():
+        tickets = CheckoutTicket.objects.using(alias).filter(gate_sku_id=sku_id)
+        for user_id, units in (
+            tickets.filter(status=CheckoutTicket.Status.QUEUED)
+            .values_list("user_id")
+            .annotate(units=Sum("gate_quantity"))
+        ):
+            users[user_id] = users.get(user_id, 0) + units
+            queued_units += units
+        queued += tickets.filter(status=CheckoutTicket.Status.QUEUED).count()
+        seq = max(seq, tickets.aggregate(top=Max("seq"))["top"] or 0)
+        for user_id, units in (
+            OrderLine.objects.using(alias)
+            .filter(sku_id=sku_id, order__status__in=services.HOLDING_STATUSES)
+            .values_list("user_id")
+            .annotate(units=Sum("quantity"))
+        ):
+            users[user_id] = users.get(user_id, 0) + units
+    return {
+        "remaining": max(0, stock_available_now(sku_id=sku_id) - queued_units),
+        "users": users,
+        "queued": queued,
+        "seq": seq,
+    }
+
+
+def flash_sale_start(*, sku_code: str, stock: int, per_user_limit: int | None) -> FlashSale:
+    """Put ``stock`` more units of a SKU on flash sale (optionally limited per buyer) and load
+    its gate from the database."""
+    from apps.catalog.models import Sku
+
+    sku = Sku.objects.filter(code=sku_code).first()
+    if sku is None:
+        raise CheckoutInvalid(f"No SKU {sku_code}.")
+    if stock < 0 or (per_user_limit is not None and per_user_limit < 1):
+        raise CheckoutInvalid("Stock must be ≥ 0 and the per-user limit ≥ 1.")
+    with transaction.atomic(using="default"):
+        if stock:
+            stock_receive(sku_id=sku.id, quantity=stock)
+        sku_per_user_limit_set(sku=sku, per_user_limit=per_user_limit)
+        sale, _ = FlashSale.objects.update_or_create(
+            sku=sku,
+            defaults={"units": stock, "per_user_limit": per_user_limit, "active": True,
+                      "ended_at": None},
+        )  # fmt: skip
+    flash_list.forget()
+    truth = flash_sale_truth(sku_id=sku.id)
+    try:
+        gate_load(sku_id=sku.id, **truth)
+    except (GateUnavailable, *CACHE_BACKEND_ERRORS):
+        logger.warning("flash sale of %s started without the gate (no Redis)", sku_code)
+    return sale
+
+
+def flash_sale_end(*, sku_id: int) -> None:
+    from apps.inventory.gate import gate_clear
+
+    FlashSale.objects.filter(sku_id=sku_id).update(active=False, ended_at=timezone.now())
+    flash_list.forget()
+    gate_clear(sku_id=sku_id)
+
+
+def flash_sale_repair(*, sku_id: int) -> bool:
+    """Correct the gate from the database when the sale is quiet (nothing queued on either
+    side), so counters that drifted (a lost give-back, a crash) heal. Returns True if it
+    changed anything. While tickets are in flight the two views legitimately differ."""
+    state = gate_state(sku_id=sku_id)
+    truth = flash_sale_truth(sku_id=sku_id)
+    if state is None or truth is None or state.queued or truth["queued"]:
+        return False
+    if state.remaining == truth["remaining"] and state.users == {
+        k: v for k, v in truth["users"].items() if v > 0
+    }:
+        return False
+    gate_load(sku_id=sku_id, **{**truth, "seq": max(truth["seq"], state.seq)})
+    logger.warning("gate of SKU %s repaired: %s → %s", sku_id, state, truth)
+    return True
+
+
+def flash_sales_repair() -> int:
+    return sum(
+        flash_sale_repair(sku_id=sale.sku_id) for sale in FlashSale.objects.filter(active=True)
+    )
+
+
+# --- Load-based queueing --------------------------------------------------------------------------
+
+
+class checkout_in_flight:
+    """Counts checkouts in flight across processes (Redis); ``busy`` says whether this one
+    should be queued. Without Redis it never queues."""
+
+    key = "checkout:in-flight"
+
+    def __enter__(self) -> checkout_in_flight:
+        self.counted = False
+        self.busy = False
+        if not cache_is_redis() or not cache_available():
+            return self
+        try:
+            client = get_redis_connection("default")
+            from django.core.cache import cache
+
+            self.full_key = cache.make_key(self.key)
+            pipe = client.pipeline()
+            pipe.incr(self.full_key)
+            pipe.expire(self.full_key, 60)
+            now, _ = pipe.execute()
+            self.counted = True
+            self.busy = now > settings.CHECKOUT_QUEUE_ABOVE_INFLIGHT
+        except CACHE_BACKEND_ERRORS:
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.counted:
+            with contextlib.suppress(*CACHE_BACKEND_ERRORS):
+                get_redis_connection("default").decr(self.full_key)
+
+
+# --- Tickets --------------------------------------------------------------------------------------
+
+
+def ticket_create(
+    *,
+    user_id: int,
+    items: Sequence[dict[str, Any]],
+    flash: FlashSku | None,
+    seq: int,
+    on_created: Callable[[CheckoutTicket], None] | None = None,
+) -> CheckoutTicket:
+    """Queue a checkout: the ticket and its task (outbox) in one transaction on the buyer's
+    shard."""
+    alias = shard_for_user(user_id)
+    quantity = sum(item["quantity"] for item in items if flash and item["sku"] == flash.code)
+    with transaction.atomic(using=alias):
+        ticket = CheckoutTicket.objects.using(alias).create(
+            id=id_generate(alias=alias, logical=logical_shard_for_user(user_id)),
+            user_id=user_id,
+            items=list(items),
+            gate_sku_id=flash.sku_id if flash else None,
+            gate_quantity=quantity,
+            seq=seq,
+        )
+        outbox_enqueue(
+            using=alias,
+            user_id=user_id,
+            task=TICKET_TASK,
+            kwargs={"ticket_id": str(ticket.id)},
+            queue=settings.CHECKOUT_QUEUE,
+        )
+        if on_created is not None:
+            on_created(ticket)
+    return ticket
+
+
+class TicketDone(Exception):
+    """The ticket was settled by another delivery meanwhile."""
+
+
+# Refusals that end a ticket; anything else (an outage) leaves it queued for a retry.
+REJECTIONS = (OutOfStock, PurchaseLimitExceeded, CheckoutInvalid)
+
+
+def ticket_process(*, ticket_id: int) -> str:
+    """Turn a queued ticket into an order, or reject it with the reason. Exactly once: the
+    ticket is settled in the order's own transaction, so a redelivered or concurrent task
+    cannot place a second order. Returns the ticket's status."""
+    alias = shard_for_id(ticket_id)
+    ticket = CheckoutTicket.objects.using(alias).get(id=ticket_id)
+    if ticket.status != CheckoutTicket.Status.QUEUED:
+        return ticket.status
+
+    def accept(order: Order) -> None:
+        settled = (
+            CheckoutTicket.objects.using(alias)
+            .filter(id=ticket.id, status=CheckoutTicket.Status.QUEUED)
+            .update(status=CheckoutTicket.Status.ACCEPTED, order_id=order.id,
+                    updated_at=timezone.now())
+        )  # fmt: skip
+        if not settled:
+            raise TicketDone()
+
+    try:
+        services.order_place(user_id=ticket.user_id, items=ticket.items, on_created=accept)
+    except TicketDone:
+        return CheckoutTicket.objects.using(alias).get(id=ticket.id).status
+    except REJECTIONS as exc:
+        rejected = (
+            CheckoutTicket.objects.using(alias)
+            .filter(id=ticket.id, status=CheckoutTicket.Status.QUEUED)
+            .update(status=CheckoutTicket.Status.REJECTED, reject_code=exc.code,
+                    reject_detail=exc.message[:300], updated_at=timezone.now())
+        )  # fmt: skip
+        if rejected and ticket.gate_sku_id:
+            # Sold out in the database: the gate was merely optimistic, give nothing back.
+            # Any other refusal: the units were never the problem, return them.
+            units = 0 if isinstance(exc, OutOfStock) else ticket.gate_quantity
+            gate_give_back(sku_id=ticket.gate_sku_id, user_id=ticket.user_id, quantity=units,
+                           was_queued=True)  # fmt: skip
+        return CheckoutTicket.Status.REJECTED
+    if ticket.gate_sku_id:
+        gate_give_back(sku_id=ticket.gate_sku_id, user_id=ticket.user_id, quantity=0,
+                       was_queued=True)  # fmt: skip
+    return CheckoutTicket.Status.ACCEPTED
+
+
+def ticket_get(*, ticket_id: int, user_id: int) -> CheckoutTicket | None:
+    if not id_is_plausible(ticket_id):
+        return None
+    return (
+        CheckoutTicket.objects.using(shard_for_id(ticket_id))
+        .filter(id=ticket_id, user_id=user_id)
+        .first()
+    )
+
+
+def ticket_position(ticket: CheckoutTicket) -> int | None:
+    """Tickets ahead of this one in its gate's line (approximate; None when unknown)."""
+    if ticket.status != CheckoutTicket.Status.QUEUED or not ticket.gate_sku_id:
+        return None
+    state = gate_state(sku_id=ticket.gate_sku_id)
+    if state is None:
+        return None
+    processed = state.seq - state.queued
+    return max(0, ticket.seq - processed - 1)

@@ -1,0 +1,400 @@
+"""Rate limits shared by every process through Redis: the generic cell rate algorithm (GCRA).
+
+The algorithm
+-------------
+A :class:`Limit` of ``rate`` requests per ``period`` seconds with a ``burst`` is enforced with
+GCRA, the "leaky bucket as a meter" of ATM networks:
+
+* the **emission interval** ``T = period / rate`` is the steady spacing between requests;
+* the **tolerance** ``τ = T × burst`` is how far ahead of that schedule requests may run;
+* the only state per key is the **theoretical arrival time** ``TAT``: when the next request
+  would be due if every admitted request so far had arrived exactly on schedule.
+
+A request of ``cost`` ``n`` arriving at ``now`` gives ``new_tat = max(TAT, now) + n × T``. It is
+admitted when ``new_tat - τ <= now`` (the schedule is not more than ``τ`` ahead of the clock),
+and then ``TAT := new_tat``; a refused request changes nothing and may retry in
+``retry_after = new_tat - τ - now`` seconds. So from an idle key ``burst`` requests go through
+back to back, after which one more is admitted every ``T``: at most ``rate`` per ``period`` in
+steady state and at most ``burst + elapsed / T`` in any span of ``elapsed`` seconds. Unlike a
+fixed window there is no doubled burst at a window boundary: with 10 per 60 s and a burst of 10,
+ten requests at 59.9 s leave ``TAT`` at 119.9 s, so a request at 60.1 s is refused (a fixed
+window would reset at 60 s and admit ten more). ``remaining`` is how many requests of cost 1
+would still be admitted at once: ``⌊(τ - (TAT - now)) / T⌋``.
+
+All arithmetic is in whole microseconds (``T`` is rounded to the microsecond, at least 1), so
+the Lua script and the per-process counterpart agree exactly.
+
+Shared state
+------------
+With the Redis cache (services profile) the ``TAT`` of a key lives in one Redis string under
+``cache.make_key("ratelimit:" + key)``. Each check is one atomic Lua script that reads the clock
+with ``TIME`` on the Redis server (never a process's clock), so any number of processes share
+one exact limit. Every write sets a TTL of the time until ``TAT`` is reached (rounded up to the
+millisecond, at least one second): after that the stored state is equivalent to no state, so
+idle keys vanish by themselves and every limiter key carries a TTL.
+
+Without Redis
+-------------
+* **Local-memory cache** (the embedded profile; no Redis is configured): every check is decided
+  by a per-process GCRA with the same semantics (thread-safe, monotonic clock). ``fail`` does not
+  matter: there is no Redis that could be unreachable, the per-process limiter *is* the limiter.
+* **Redis unreachable** (configured but failing, or marked down by :mod:`shop.cache`'s health
+  tracking for ``CACHE_DOWN_BACKOFF`` seconds): ``fail="open"`` decides with the per-process
+  GCRA (so with ``N`` processes up to ``N`` times the limit gets through while Redis is down);
+  ``fail="closed"`` refuses with ``retry_after=FAIL_CLOSED_RETRY_AFTER`` (the caller answers
+  503). Redis errors are never raised; a warning is logged at most once a minute per process.
+
+Decisions made by the per-process limiter, or refused because Redis was unreachable, carry
+``degraded=True``. Refusals are counted in ``shop_rate_limited_total{layer}`` when the caller
+names its layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from django.core.cache import cache
+from django_redis import get_redis_connection
+from prometheus_client import Counter
+
+from shop.cache import CacheUnavailable, cache_available, cache_call
+from shop.locks import cache_is_redis
+from shop.resilience import FALLBACK_WARNING_INTERVAL
+
+logger = logging.getLogger(__name__)
+
+FailMode = Literal["open", "closed"]
+
+#: ``retry_after`` of a fail-closed refusal while Redis is unreachable (seconds).
+FAIL_CLOSED_RETRY_AFTER = 5.0
+#: TTLs of limiter keys are never shorter than this (milliseconds).
+MIN_TTL_MS = 1000
+
+RATE_LIMITED = Counter(
+    "shop_rate_limited_total",
+    "Requests refused by a rate limit (including fail-closed refusals while Redis is down)",
+    ["layer"],
+)
+
+_MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``rate`` requests per ``period`` seconds, up to ``burst`` of them back to back.
+
+    ``burst=1`` means requests must keep the steady spacing ``period / rate``; ``burst=k`` lets
+    ``k`` requests arrive at once after an idle spell. Raises ValueError for a rate or burst
+    below 1 or a period that is not a positive finite number.
+    """
+
+    rate: int
+    period: float
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rate < 1:
+            raise ValueError("a rate limit needs a rate of at least 1")
+        if not (0 < self.period < math.inf):
+            raise ValueError("a rate limit needs a positive, finite period")
+        if self.burst < 1:
+            raise ValueError("a rate limit needs a burst of at least 1")
+
+    @property
+    def emission_interval(self) -> float:
+        """``T``: seconds between requests at the steady rate."""
+        return self._interval_us() / _MICROS
+
+    @property
+    def tolerance(self) -> float:
+        """``τ = T × burst``: how far (seconds) requests may run ahead of the steady schedule."""
+        return self._interval_us() * self.burst / _MICROS
+
+    def _interval_us(self) -> int:
+        return max(1, round(self.period * _MICROS / self.rate))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to one check.
+
+    ``allowed``: go ahead. ``retry_after``: seconds until a request of the same cost would be
+    admitted (0 when allowed; > 0 when refused). ``remaining``: how many requests of cost 1
+    would still be admitted right now. ``degraded``: decided without the shared Redis state
+    (per-process limiter, or a fail-closed refusal because Redis is unreachable).
+    """
+
+    allowed: bool
+    retry_after: float
+    remaining: int
+    degraded: bool
+
+
+# --- GCRA, on Redis --------------------------------------------------------------------------
+
+# KEYS[1] = the limiter's key; its value is TAT in microseconds on the clock below.
+# ARGV = interval_us (T), tolerance_us (τ), cost, now_us ('' = the Redis server's TIME; an
+# explicit clock is for tests and simulations only), min_ttl_ms. All integers.
+# Returns {allowed (0/1), retry_us, remaining}. _gcra_step below is the same computation in
+# Python; keep the two in step.
+_GCRA_SCRIPT = """
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+
+-- Redis < 5 replicates scripts verbatim, which forbids writes after TIME; later: a no-op.
+if redis.replicate_commands then redis.replicate_commands() end
+local now
+if ARGV[4] ~= '' then
+    now = tonumber(ARGV[4])
+else
+    local clock = redis.call('TIME')
+    now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+end
+
+-- GET answers false for a missing key, and tonumber(false) is nil: no state = idle.
+local tat = tonumber(redis.call('GET', key))
+if tat == nil or tat < now then tat = now end
+
+local new_tat = tat + cost * interval
+local allow_at = new_tat - tolerance
+if now < allow_at then
+    local remaining = math.floor((tolerance - (tat - now)) / interval)
+    return {0, allow_at - now, math.max(remaining, 0)}
+end
+
+-- Numbers this large must not go through tostring (%.14g); format them as integers.
+local ttl_ms = math.max(tonumber(ARGV[5]), math.ceil((new_tat - now) / 1000))
+redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+return {1, 0, math.max(math.floor((tolerance - (new_tat - now)) / interval), 0)}
+"""
+
+
+class _Params(NamedTuple):
+    interval_us: int
+    tolerance_us: int
+    cost: int
+
+
+class _Step(NamedTuple):
+    allowed: bool
+    retry_us: int  # 0 when allowed
+    remaining: int
+    tat_us: int  # the stored TAT after the step (unchanged when refused)
+
+
+def _params(limit: Limit, cost: int) -> _Params:
+    if cost < 1:
+        raise ValueError("cost must be at least 1")
+    if cost > limit.burst:
+        raise ValueError(
+            f"cost {cost} exceeds the burst {limit.burst}: such a request can never be admitted"
+        )
+    interval = limit._interval_us()
+    return _Params(interval_us=interval, tolerance_us=interval * limit.burst, cost=cost)
+
+
+def _redis_delete(full_key: str) -> None:
+    get_redis_connection("default").delete(full_key)
+
+
+def _redis_check(full_key: str, params: _Params, now_us: int | None) -> _Step:
+    client = get_redis_connection("default")
+    script = client.register_script(_GCRA_SCRIPT)
+    allowed, retry_us, remaining = script(
+        keys=[full_key],
+        args=[*params, "" if now_us is None else now_us, MIN_TTL_MS],
+    )
+    return _Step(bool(allowed), int(retry_us), int(remaining), tat_us=0)
+
+
+# --- The same GCRA, per process ----------------------------------------------------------------
+
+
+def _gcra_step(stored_tat: int | None, now: int, params: _Params) -> _Step:
+    """One GCRA decision in microseconds: the line-by-line counterpart of ``_GCRA_SCRIPT``."""
+    interval, tolerance, cost = params
+    tat = now if stored_tat is None or stored_tat < now else stored_tat
+    new_tat = tat + cost * interval
+    allow_at = new_tat - tolerance
+    if now < allow_at:
+        remaining = (tolerance - (tat - now)) // interval
+        return _Step(False, allow_at - now, max(remaining, 0), stored_tat or 0)
+    return _Step(True, 0, max((tolerance - (new_tat - now)) // interval, 0), new_tat)
+
+
+class PerProcessLimiter:
+    """GCRA state of this process only: the limiter without (a reachable) Redis.
+
+    Thread-safe (one lock), on the monotonic clock (microseconds). Keys whose TAT has passed are
+    dropped in amortised sweeps, so memory follows the number of recently limited keys.
+    """
+
+    _MIN_SWEEP = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tats: dict[str, int] = {}
+        self._sweep_at = self._MIN_SWEEP
+
+    def check(self, key: str, params: _Params, now_us: int | None = None) -> _Step:
+        with self._lock:
+            now = time.monotonic_ns() // 1000 if now_us is None else now_us
+            step = _gcra_step(self._tats.get(key), now, params)
+            if step.allowed:
+                self._tats[key] = step.tat_us
+                if len(self._tats) >= self._sweep_at:
+                    self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+                    self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._tats))
+            return step
+
+    def reset(self, key: str | None = None) -> None:
+        """Forget ``key``'s state, or every key's when None."""
+        with self._lock:
+            if key is None:
+                self._tats.clear()
+                self._sweep_at = self._MIN_SWEEP
+            else:
+                self._tats.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tats)
+
+
+per_process_limiter = PerProcessLimiter()
+
+
+class _UnreachableWarning:
+    """Rate limit for the "Redis unreachable" warning: once per process per interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: float | None = None
+
+    def warn(self, key: str, exc: BaseException | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < FALLBACK_WARNING_INTERVAL:
+                return
+            self._last = now
+        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "marked down recently"
+        logger.warning(
+            "rate limit %r: Redis unreachable (%s); fail-open limits are enforced per process "
+            "(not shared with other processes), fail-closed limits refuse",
+            key,
+            cause,
+        )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last = None
+
+
+_unreachable_warning = _UnreachableWarning()
+
+
+def ratelimit_local_reset() -> None:
+    """Forget every per-process limiter state and the warning rate limit (tests)."""
+    per_process_limiter.reset()
+    _unreachable_warning.reset()
+
+
+# --- The public API ----------------------------------------------------------------------------
+
+
+def _redis_key(key: str) -> str:
+    return cache.make_key("ratelimit:" + key)
+
+
+def _decide(
+    key: str, limit: Limit, cost: int, layer: str, fail: FailMode, now: float | None
+) -> Decision:
+    if not key:
+        raise ValueError("a rate limit needs a key")
+    if fail not in ("open", "closed"):
+        raise ValueError('fail must be "open" or "closed"')
+    params = _params(limit, cost)
+    now_us = None if now is None else round(now * _MICROS)
+    step: _Step | None = None
+    if cache_is_redis():
+        if cache_available():
+            try:
+                step = cache_call("ratelimit", _redis_check, _redis_key(key), params, now_us)
+            except CacheUnavailable as exc:
+                _unreachable_warning.warn(key, exc.__cause__)
+        else:
+            _unreachable_warning.warn(key, None)
+        if step is None and fail == "closed":
+            decision = Decision(
+                allowed=False, retry_after=FAIL_CLOSED_RETRY_AFTER, remaining=0, degraded=True
+            )
+            _count(decision, layer)
+            return decision
+    degraded = step is None
+    if step is None:
+        step = per_process_limiter.check(key, params, now_us)
+    decision = Decision(
+        allowed=step.allowed,
+        retry_after=step.retry_us / _MICROS,
+        remaining=step.remaining,
+        degraded=degraded,
+    )
+    _count(decision, layer)
+    return decision
+
+
+def _count(decision: Decision, layer: str) -> None:
+    if layer and not decision.allowed:
+        RATE_LIMITED.labels(layer).inc()
+
+
+def gcra_check(
+    key: str, limit: Limit, *, cost: int = 1, layer: str = "", fail: FailMode = "open"
+) -> Decision:
+    """Check and, if admitted, consume ``cost`` requests of ``limit`` for ``key`` now.
+
+    Shared through Redis when the cache is Redis (one atomic script on server time); see the
+    module docstring for the algorithm and for ``fail`` ("open": per-process limiter while
+    Redis is unreachable; "closed": refuse while it is unreachable; with the local-memory
+    cache both use the per-process limiter). A refusal is counted under ``layer`` when given.
+    Never raises because of Redis. Raises ValueError for an empty key, an unknown ``fail``, a
+    cost below 1, or a cost above ``limit.burst`` (it could never be admitted).
+    """
+    return _decide(key, limit, cost, layer, fail, None)
+
+
+def gcra_check_at(
+    key: str,
+    limit: Limit,
+    now: float,
+    *,
+    cost: int = 1,
+    layer: str = "",
+    fail: FailMode = "open",
+) -> Decision:
+    """:func:`gcra_check` on an explicit clock: ``now`` in seconds replaces Redis ``TIME`` (or
+    the monotonic clock of the per-process limiter).
+
+    For tests and simulations only: a key must be driven by explicit times alone, never mixed
+    with :func:`gcra_check` (the two clocks have nothing in common), and production code must
+    not pass a process's clock, which is what the Redis clock is there to avoid.
+    """
+    return _decide(key, limit, cost, layer, fail, now)
+
+
+def gcra_reset(key: str) -> None:
+    """Delete ``key``'s limiter state: in Redis (when the cache is Redis) and in this process.
+
+    For tests and operators (lift a limit now). Raises CacheUnavailable when Redis is
+    configured but unreachable, so an operator knows the shared state was not reset.
+    """
+    per_process_limiter.reset(key)
+    if cache_is_redis():
+        cache_call("ratelimit_reset", _redis_delete, _redis_key(key))

@@ -1,0 +1,164 @@
+"""Admission control in layers, each a named rule operators change at run time (shop.runtime):
+
+* ``system``      — every request, GCRA in Redis (no 2× burst at a window boundary);
+* ``endpoint``    — per route, GCRA;
+* ``hot_sku``     — per flash-sale SKU, GCRA (called from the checkout);
+* ``user_writes`` — per client on writes, django-ratelimit's fixed window (good enough there);
+* ``login``       — per IP and per username on logins, fixed window (password guessing).
+
+A refusal is 429 ``rate_limited`` with ``Retry-After`` (a friendly page on the storefront). If
+Redis is unreachable, catalog and other routes fail open to a per-process limit, while payment
+routes fail closed with 503 (``FAIL_CLOSED_ROUTES``). The ``read_only`` switch refuses every
+write with 503 here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django_ratelimit.core import get_usage
+
+from shop.cache import CACHE_BACKEND_ERRORS, cache_available
+from shop.errors import ServiceUnavailable, ShopError, render_error
+from shop.ratelimit import Limit, gcra_check
+from shop.runtime import limit_rule, switch_on
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static/")
+# Routes that move money: with Redis unreachable they refuse (503) rather than run unlimited.
+FAIL_CLOSED_ROUTES = {"api-payment-create", "api-refund-create", "order-pay"}
+LOGIN_ROUTES = {"storefront-login", "api-token", "admin:login"}
+# Writes that stay open in read-only mode: logging in and out, and the operators' admin.
+READ_ONLY_EXEMPT_ROUTES = LOGIN_ROUTES | {"storefront-logout"}
+
+
+class RateLimited(ShopError):
+    code = "rate_limited"
+    http_status = 429
+    default_message = "Too many requests — please wait a moment and try again."
+
+
+def _refuse(retry_after: float, *, layer: str) -> None:
+    raise RateLimited(extra={"layer": layer}, retry_after=max(1, math.ceil(retry_after)))
+
+
+def limit_check(layer: str, key: str, *, fail: str = "open", cost: int = 1) -> None:
+    """Apply one GCRA layer to ``key``; raises RateLimited, or ServiceUnavailable when the
+    layer fails closed and Redis is unreachable."""
+    rule = limit_rule(layer)
+    if rule is None:
+        return
+    decision = gcra_check(
+        f"{layer}:{key}", Limit(rule.rate, rule.period, rule.burst), cost=cost, layer=layer,
+        fail=fail,
+    )  # fmt: skip
+    if decision.allowed:
+        return
+    if decision.degraded and fail == "closed":
+        raise ServiceUnavailable("Payments are paused for a moment; please try again shortly.")
+    _refuse(decision.retry_after, layer=layer)
+
+
+def hot_sku_check(sku_id: int) -> None:
+    limit_check("hot_sku", str(sku_id))
+
+
+def client_identity(request: HttpRequest) -> str:
+    """Who is asking, for per-client limits: the API token, the session's user, or the IP."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if header.startswith("Token "):
+        return "t:" + hashlib.sha256(header.encode()).hexdigest()[:24]
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return f"u:{user.pk}"
+    return "ip:" + request.META.get("REMOTE_ADDR", "")
+
+
+def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> None:
+    rule = limit_rule(layer)
+    if rule is None:
+        return
+    if not cache_available():
+        if fail == "closed":
+            raise ServiceUnavailable()
+        return
+    try:
+        usage = get_usage(
+            request,
+            group=layer,
+            key=key,
+            rate=f"{rule.rate}/{max(1, round(rule.period))}s",
+            increment=True,
+        )
+    except CACHE_BACKEND_ERRORS as exc:
+        if fail == "closed":
+            raise ServiceUnavailable() from exc
+        return
+    if usage and usage["should_limit"]:
+        _refuse(usage.get("time_left", 1), layer=layer)
+
+
+def _login_checks(request: HttpRequest) -> None:
+    _fixed_window(request, "login", lambda group, r: "ip:" + r.META.get("REMOTE_ADDR", ""),
+                  fail="open")  # fmt: skip
+    username = (request.POST.get("username") or "").strip().lower()
+    if not username and request.content_type == "application/json":
+        import json
+
+        try:
+            username = str(json.loads(request.body or b"{}").get("username", "")).lower()
+        except (ValueError, AttributeError):
+            username = ""
+    if username:
+        _fixed_window(request, "login", lambda group, r: f"user:{username}", fail="open")
+
+
+class ThrottleMiddleware:
+    """The system, endpoint, per-client-writes and login layers, and the read-only switch.
+    Runs once the view is known (process_view), so the endpoint key is the route."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view: Any, args: Any, kwargs: Any
+    ) -> HttpResponse | None:
+        if request.path_info.startswith(EXEMPT_PREFIXES):
+            return None
+        match = request.resolver_match
+        fail = "closed" if (match and match.url_name in FAIL_CLOSED_ROUTES) else "open"
+        write = request.method not in SAFE_METHODS
+        try:
+            if write and switch_on("read_only") and not _read_only_exempt(request, match):
+                raise ServiceUnavailable(
+                    "The shop is in browse-only mode for a moment; orders are paused."
+                )
+            limit_check("system", "all", fail=fail)
+            limit_check("endpoint", match.route if match else request.path_info, fail=fail)
+            if write:
+                if match and match.url_name in LOGIN_ROUTES:
+                    _login_checks(request)
+                else:
+                    _fixed_window(
+                        request, "user_writes", lambda g, r: client_identity(r), fail=fail
+                    )
+        except ShopError as exc:
+            return render_error(request, exc)
+        return None
+
+
+def _read_only_exempt(request: HttpRequest, match: Any) -> bool:
+    if request.path_info.startswith("/admin/"):
+        return True
+    return bool(
+        match
+        and (
+            match.url_name in READ_ONLY_EXEMPT_ROUTES or match.view_name in READ_ONLY_EXEMPT_ROUTES
+        )
+    )
