@@ -24,10 +24,12 @@ and no real shop data -- all of it newer than the id epoch -- is touched):
    (BANK_ONLY: plausible ids in the day's window that no payment carries). The file still has
    N rows. The outcome counts printed by the command must equal these.
 3. ``manage.py reconcile --date DAY --channel alpha --file CSV`` in a separate process (the
-   real command: import with COPY, then the streamed merge join), whose peak RSS comes from
-   ``os.wait4`` (the kernel's ``ru_maxrss`` of that one child) and whose RSS is also sampled
-   every 100 ms from /proc to show its course over the run. rows/s = (bank rows + our
-   payments) / wall time of the whole command (Python start-up included).
+   real command: import with COPY, then the streamed merge join), whose peak RSS is the
+   kernel's ``ru_maxrss`` of that process alone (``os.wait4`` in a bare-interpreter wrapper:
+   spawned from this process directly, the child's ru_maxrss would include this process's own
+   high-water mark, see ``_WRAPPER``) and whose RSS is also sampled every 100 ms from /proc
+   to show its course over the run. rows/s = (bank rows + our payments) / wall time of the
+   whole command (Python and Django start-up included).
 4. Phases (unless ``--no-phases``): the same work again, instrumented, in a ``manage.py
    shell`` process: ``settlement_import`` of the SAME file (it parses and COPYs every row, then
    finds the content already imported -- same SHA-256 -- and rolls its rows back, so this is
@@ -55,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import re
 import shlex
@@ -407,8 +408,9 @@ class Measured:
     stdout: str
     stderr: str
     seconds: float
-    peak_kib: int  # ru_maxrss of this child alone (os.wait4)
+    peak_kib: int  # ru_maxrss of the command alone (os.wait4 in the wrapper)
     samples: list[tuple[float, int]] = field(default_factory=list)  # (s since start, RSS KiB)
+    sampled_hwm_kib: int = 0  # the last VmHWM read from /proc while it ran (a cross-check)
 
     def rss_at(self, fraction: float) -> int:
         """The sampled RSS at ``fraction`` of the run (KiB)."""
@@ -418,33 +420,83 @@ class Measured:
         return min(self.samples, key=lambda s: abs(s[0] - target))[1]
 
 
+# Runs the measured command and reports its own rusage. Needed because a child spawned from
+# this process inherits our high-water RSS: with vfork + exec the kernel folds the parent's
+# peak RSS into the child's ru_maxrss (exec_mmap -> setmax_mm_hiwater_rss), and this process
+# peaks above 100 MiB while writing the 1M-row file. The wrapper is a bare interpreter (~10 MiB),
+# far below any Django process, so the child's ru_maxrss is its own peak.
+_WRAPPER = """
+import json, os, subprocess, sys, time
+report = sys.argv[1]
+started = time.monotonic()
+child = subprocess.Popen(sys.argv[2:])
+with open(report + ".pid", "w") as out:
+    out.write(str(child.pid))
+_, status, usage = os.wait4(child.pid, 0)
+child.returncode = code = os.waitstatus_to_exitcode(status)
+with open(report, "w") as out:
+    json.dump({"exit": code, "maxrss_kib": usage.ru_maxrss,
+               "seconds": time.monotonic() - started}, out)
+sys.exit(0 if code == 0 else 1)
+"""
+
+
+def _proc_kib(status: Path, name: str) -> int | None:
+    try:
+        text = status.read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{name}:\s+(\d+) kB", text, flags=re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
 def run_measured(argv: list[str], env: dict[str, str]) -> Measured:
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.monotonic()
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+    """Run ``argv`` (from ROOT) through the rusage wrapper: wall time, its own peak RSS
+    (``ru_maxrss`` from ``os.wait4``) and its RSS every SAMPLE_SECONDS."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-measure-") as tmp,
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+    ):
+        report = Path(tmp) / "rusage.json"
+        pid_file = Path(f"{report}.pid")
+        wrapper = subprocess.Popen(
+            [PYTHON, "-c", _WRAPPER, str(report), *argv], cwd=ROOT, env=env, stdout=out,
+            stderr=err, text=True,
+        )  # fmt: skip
         samples: list[tuple[float, int]] = []
+        last_hwm: list[int] = []
         done = threading.Event()
 
         def sample() -> None:
-            status = Path(f"/proc/{process.pid}/status")
+            while not pid_file.exists() or not pid_file.read_text():
+                if done.wait(0.005):
+                    return
+            began = time.monotonic()
+            status = Path(f"/proc/{pid_file.read_text()}/status")
             while not done.is_set():
-                with contextlib.suppress(OSError, AttributeError):
-                    text = status.read_text()
-                    kib = int(re.search(r"^VmRSS:\s+(\d+) kB", text, flags=re.MULTILINE).group(1))
-                    samples.append((time.monotonic() - started, kib))
+                rss, hwm = _proc_kib(status, "VmRSS"), _proc_kib(status, "VmHWM")
+                if rss is not None:
+                    samples.append((time.monotonic() - began, rss))
+                if hwm is not None:
+                    last_hwm[:] = [hwm]
                 done.wait(SAMPLE_SECONDS)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.monotonic() - started
+        wrapper.wait()
         done.set()
         sampler.join()
-        process.returncode = os.waitstatus_to_exitcode(status)
+        if not report.exists():
+            err.seek(0)
+            raise SystemExit(f"the measuring wrapper failed:\n{err.read()}")
+        usage = json.loads(report.read_text())
         out.seek(0)
         err.seek(0)
-        return Measured(process.returncode, out.read(), err.read(), seconds, usage.ru_maxrss,
-                        samples)  # fmt: skip
+        return Measured(
+            usage["exit"], out.read(), err.read(), usage["seconds"], usage["maxrss_kib"],
+            samples, last_hwm[0] if last_hwm else 0,
+        )  # fmt: skip
 
 
 def mib(kib: float) -> float:
@@ -469,6 +521,7 @@ class SizeResult:
     rows_per_second: float  # (bank rows + our payments) / wall time of the command
     peak_rss_mib: float
     rss_course_mib: dict[str, float]
+    sampled_hwm_mib: float
     expected_ok: bool
     acquirer_calls: int
     phases: dict | None = None
@@ -540,16 +593,22 @@ def bench_size(
     }
     print(
         f"  wall {measured.seconds:.1f} s, {rows / measured.seconds:,.0f} rows/s (bank rows + our "
-        f"payments = {rows:,} / wall), peak RSS {mib(measured.peak_kib):.1f} MiB; RSS over the "
-        f"run (MiB): " + ", ".join(f"{k} {v}" for k, v in course.items()),
+        f"payments = {rows:,} / wall), peak RSS {mib(measured.peak_kib):.1f} MiB (VmHWM last "
+        f"sampled {mib(measured.sampled_hwm_kib):.1f}); RSS over the run (MiB): "
+        + ", ".join(f"{k} {v}" for k, v in course.items()),
         flush=True,
     )
-    print(f"  outcome counts {'OK' if ok else 'WRONG'}: {detail}", flush=True)
+    print(
+        f"  outcome counts {'OK' if ok else 'WRONG'}: {detail}; the bank (stub) was asked about "
+        f"{_Acquirer.calls - calls_before} payments",
+        flush=True,
+    )
     result = SizeResult(
         size=day.size, day=day.day.isoformat(), bank_rows=day.size, our_payments=day.size,
         load_seconds=load_seconds, csv_seconds=csv_seconds, csv_mib=csv_mib, command=command,
         summary=summary, seconds=measured.seconds, rows_per_second=rows / measured.seconds,
-        peak_rss_mib=mib(measured.peak_kib), rss_course_mib=course, expected_ok=ok,
+        peak_rss_mib=mib(measured.peak_kib), rss_course_mib=course,
+        sampled_hwm_mib=mib(measured.sampled_hwm_kib), expected_ok=ok,
         acquirer_calls=_Acquirer.calls - calls_before,
     )  # fmt: skip
     if phases:

@@ -16,6 +16,8 @@ from django.conf import settings
 from django.core.cache import cache
 
 from shop.cache import cache_health_reset
+from shop.ratelimit import ratelimit_local_reset
+from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
 
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
@@ -90,5 +92,7 @@ def _fresh_cache() -> None:
     cache.clear()
     cache_health_reset()
     runtime_defaults()
+    ratelimit_local_reset()
+    breakers_local_reset()
     yield
     cache_health_reset()

@@ -1,0 +1,104 @@
+"""Rate-limit layers: each triggers with 429 + Retry-After and resets; Redis down ⇒ catalog
+routes fail open, payment routes fail closed; rules change at run time."""
+
+from __future__ import annotations
+
+import pytest
+
+from shop.models import RateLimitRule
+from shop.ratelimit import gcra_reset
+from shop.runtime import runtime_refresh
+from tests.factories.users import UserFactory
+from tests.orders.conftest import api_client, new_key
+from tests.shop.test_cache_redis_down import DEAD_REDIS
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def _rule(name, rate, period, burst=None):
+    RateLimitRule.objects.update_or_create(
+        name=name, defaults={"rate": rate, "period_seconds": period, "burst": burst or rate}
+    )
+    runtime_refresh()
+
+
+def test_the_endpoint_layer_triggers_and_resets(client):
+    _rule("endpoint", 3, 60)
+    statuses = [client.get("/api/v1/categories/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    refused = client.get("/api/v1/categories/")
+    assert refused.json()["code"] == "rate_limited"
+    assert refused.json()["layer"] == "endpoint"
+    assert int(refused["Retry-After"]) >= 1
+    assert client.get("/healthz").status_code == 200  # health is never limited
+    assert client.get("/api/v1/products/").status_code == 200  # another endpoint
+    gcra_reset("endpoint:api/v1/categories/")
+    assert client.get("/api/v1/categories/").status_code == 200
+
+
+def test_the_system_layer_counts_every_route(client):
+    _rule("system", 3, 60)
+    urls = ["/api/v1/categories/", "/accounts/login/", "/api/v1/categories/phones/"]
+    assert [client.get(url).status_code for url in urls][:2] == [200, 200]
+    refused = client.get("/cart/")
+    assert refused.status_code == 429
+    assert "Too many requests" in refused.content.decode()  # the storefront's friendly page
+    RateLimitRule.objects.filter(name="system").update(enabled=False)
+    runtime_refresh()
+    assert client.get("/cart/").status_code == 200  # operators switched the layer off
+
+
+def test_the_per_client_write_layer(client):
+    _rule("user_writes", 2, 600)
+    buyer = api_client(UserFactory(username="writer"))
+    statuses = [
+        buyer.post("/api/v1/orders/", {"items": []}, format="json",
+                   HTTP_IDEMPOTENCY_KEY=new_key()).status_code
+        for _ in range(3)
+    ]  # fmt: skip
+    assert statuses == [400, 400, 429]
+    other = api_client(UserFactory(username="other-writer"))  # other clients are unaffected
+    assert other.post("/api/v1/orders/", {"items": []}, format="json",
+                      HTTP_IDEMPOTENCY_KEY=new_key()).status_code == 400  # fmt: skip
+
+
+def test_login_throttling_per_ip_and_per_username(client):
+    _rule("login", 3, 60)
+    UserFactory(username="victim", password="right-password-1")
+    attempts = [
+        client.post("/api/v1/auth/token/", {"username": "victim", "password": f"guess{i}"},
+                    content_type="application/json").status_code
+        for i in range(4)
+    ]  # fmt: skip
+    assert attempts == [400, 400, 400, 429]
+    # The same username from another address is still refused (per-username window)
+    elsewhere = client.post("/api/v1/auth/token/", {"username": "victim", "password": "x"},
+                            content_type="application/json", REMOTE_ADDR="10.9.9.9")  # fmt: skip
+    assert elsewhere.status_code == 429
+
+
+def test_rules_change_at_run_time_without_a_restart(client):
+    _rule("endpoint", 1, 60)
+    client.get("/api/v1/categories/")
+    assert client.get("/api/v1/categories/").status_code == 429
+    _rule("endpoint", 100, 1)
+    gcra_reset("endpoint:api/v1/categories/")
+    assert client.get("/api/v1/categories/").status_code == 200
+
+
+def test_with_redis_down_the_catalog_fails_open_and_payments_fail_closed(client, settings):
+    from apps.orders import services as orders
+    from tests.factories.catalog import product_with_skus
+
+    buyer = UserFactory(username="downtime")
+    sku = product_with_skus().skus.get()
+    order = orders.order_place(user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1}])
+    settings.CACHES = DEAD_REDIS
+    assert client.get("/api/v1/categories/").status_code == 200
+    assert client.get("/api/v1/products/").status_code == 200
+    payment = api_client(buyer).post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
+                                     format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
+    if settings.REDIS_URL:  # with a real Redis configured, it is unreachable: closed
+        assert payment.status_code == 503
+        assert payment.json()["code"] == "service_unavailable"
+        assert payment["Retry-After"]
