@@ -53,6 +53,11 @@ class OutboxMessage(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    context = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Log context of the change (request id, user, order) handed to the task.",
+    )
 
     class Meta:
         indexes = [
