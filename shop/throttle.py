@@ -23,7 +23,7 @@ from django_ratelimit.core import get_usage
 
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.errors import ServiceUnavailable, ShopError, render_error
-from shop.ratelimit import Limit, gcra_check
+from shop.ratelimit import RATE_LIMITED, Limit, gcra_check
 from shop.runtime import limit_rule, switch_on
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -83,6 +83,7 @@ def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> N
         return
     if not cache_available():
         if fail == "closed":
+            RATE_LIMITED.labels(layer).inc()
             raise ServiceUnavailable()
         return
     try:
@@ -95,9 +96,11 @@ def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> N
         )
     except CACHE_BACKEND_ERRORS as exc:
         if fail == "closed":
+            RATE_LIMITED.labels(layer).inc()
             raise ServiceUnavailable() from exc
         return
     if usage and usage["should_limit"]:
+        RATE_LIMITED.labels(layer).inc()
         _refuse(usage.get("time_left", 1), layer=layer)
 
 

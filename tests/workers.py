@@ -75,8 +75,9 @@ def django_process(code: str, **env: str) -> subprocess.Popen:
 class Worker:
     """`celery worker` in its own process group, on the test databases."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, *, queues: list[str] | None = None, **env: str) -> None:
         self.env = test_process_env(**env)
+        self.queues = queues or QUEUES
         self.process: subprocess.Popen | None = None
         self.output: list[str] = []
 
@@ -84,7 +85,7 @@ class Worker:
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "config", "worker",
-                "--queues", ",".join(QUEUES), "--concurrency", "1", "--pool", "prefork",
+                "--queues", ",".join(self.queues), "--concurrency", "1", "--pool", "prefork",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--loglevel", "INFO",

@@ -32,20 +32,29 @@ from shop.locks import OwnedLock, cache_is_redis
 
 logger = logging.getLogger(__name__)
 
-# KEYS: remaining, users, queued, seq, idempotency marker
+# KEYS: remaining, users, queued, seq, idempotency marker, stats
 # ARGV: user id, quantity, per-user limit (0 = none), queue bound, ttl
+# The stats hash counts outcomes in total and per minute of Redis's clock ("admitted@29131"),
+# for the operators' dashboard and the metrics.
 _ADMIT = """
+local function count(outcome)
+  local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
+  redis.call('HINCRBY', KEYS[6], outcome, 1)
+  redis.call('HINCRBY', KEYS[6], outcome .. '@' .. minute, 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[5])
+end
 local replay = redis.call('GET', KEYS[5])
 if replay then return {'replay', replay} end
 local remaining = redis.call('GET', KEYS[1])
 if not remaining then return {'rebuild', ''} end
 local qty = tonumber(ARGV[2])
-if tonumber(remaining) < qty then return {'sold_out', remaining} end
+if tonumber(remaining) < qty then count('sold_out'); return {'sold_out', remaining} end
 local limit = tonumber(ARGV[3])
 local had = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if limit > 0 and had + qty > limit then return {'limit', tostring(had)} end
+if limit > 0 and had + qty > limit then count('limit'); return {'limit', tostring(had)} end
 local queued = tonumber(redis.call('GET', KEYS[3]) or '0')
-if queued >= tonumber(ARGV[4]) then return {'busy', tostring(queued)} end
+if queued >= tonumber(ARGV[4]) then count('busy'); return {'busy', tostring(queued)} end
+count('admitted')
 redis.call('DECRBY', KEYS[1], qty)
 redis.call('HINCRBY', KEYS[2], ARGV[1], qty)
 redis.call('INCR', KEYS[3])
@@ -89,6 +98,10 @@ def _keys(sku_id: int) -> list[str]:
     ]
 
 
+def _stats_key(sku_id: int) -> str:
+    return cache.make_key(f"gate:{sku_id}:stats")
+
+
 def _client():
     if not cache_is_redis() or not cache_available():
         raise GateUnavailable("no shared Redis")
@@ -108,7 +121,7 @@ def gate_admit(
     them, for a rebuild. Raises GateUnavailable when Redis cannot be used."""
     client = _client()
     marker = cache.make_key(f"gate:idem:{sku_id}:{user_id}:{idempotency_key}")
-    keys = [*_keys(sku_id), marker]
+    keys = [*_keys(sku_id), marker, _stats_key(sku_id)]
     args = [user_id, quantity, per_user_limit or 0, settings.CHECKOUT_QUEUE_BOUND,
             settings.FLASH_SALE_COUNTER_TTL]  # fmt: skip
     try:
@@ -165,6 +178,37 @@ def gate_state(*, sku_id: int) -> GateState | None:
     )
 
 
+GATE_OUTCOMES = ("admitted", "sold_out", "limit", "busy")
+
+
+@dataclass(frozen=True)
+class GateStats:
+    totals: dict[str, int]  # outcome → attempts since the sale started
+    last_minute: dict[str, int]  # outcome → attempts in the last full minute (Redis clock)
+    this_minute: dict[str, int]  # … and so far in the current one
+
+
+def gate_stats(*, sku_id: int) -> GateStats | None:
+    """How the gate has answered (None without Redis)."""
+    try:
+        client = _client()
+        minute = int(client.time()[0]) // 60
+        names = [
+            *GATE_OUTCOMES,
+            *(f"{o}@{minute - 1}" for o in GATE_OUTCOMES),
+            *(f"{o}@{minute}" for o in GATE_OUTCOMES),
+        ]
+        values = [int(v or 0) for v in client.hmget(_stats_key(sku_id), names)]
+    except (GateUnavailable, *CACHE_BACKEND_ERRORS):
+        return None
+    n = len(GATE_OUTCOMES)
+    return GateStats(
+        dict(zip(GATE_OUTCOMES, values[:n], strict=True)),
+        dict(zip(GATE_OUTCOMES, values[n : 2 * n], strict=True)),
+        dict(zip(GATE_OUTCOMES, values[2 * n :], strict=True)),
+    )
+
+
 def gate_load(*, sku_id: int, remaining: int, users: dict[int, int], queued: int, seq: int) -> None:
     """Replace the counters (a sale starting, a rebuild, a repair)."""
     client = _client()
@@ -202,6 +246,6 @@ def gate_rebuild(*, sku_id: int, truth: Callable[[], dict[str, Any] | None]) -> 
 
 def gate_clear(*, sku_id: int) -> None:
     try:
-        _client().delete(*_keys(sku_id))
+        _client().delete(*_keys(sku_id), _stats_key(sku_id))
     except (GateUnavailable, *CACHE_BACKEND_ERRORS):
         pass

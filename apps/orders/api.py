@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from django.conf import settings
@@ -13,14 +12,13 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from apps.inventory.exceptions import OutOfStock
-from apps.inventory.gate import GateUnavailable, gate_admit, gate_give_back
+from apps.inventory.gate import GateUnavailable, gate_give_back
 from apps.orders import flash, selectors, services
 from apps.orders.exceptions import OrderNotFound, PurchaseLimitExceeded
 from apps.orders.models import CheckoutTicket, Order
 from shop.errors import NotFound, ServiceUnavailable
 from shop.idempotency import HEADER, Replay, idempotent_request, validate_key
 from shop.sharding import shard_for_user
-from shop.throttle import hot_sku_check
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER, str, OpenApiParameter.HEADER, required=True, description="1-255 printable characters"
@@ -139,15 +137,9 @@ def _queued_checkout(
     admitted, seq, quantity = False, 0, 0
     if flash_sku is not None:
         quantity = sum(item["quantity"] for item in items if item["sku"] == flash_sku.code)
-        hot_sku_check(flash_sku.sku_id)
         try:
-            admission = gate_admit(
-                sku_id=flash_sku.sku_id,
-                user_id=user_id,
-                quantity=quantity,
-                per_user_limit=flash_sku.per_user_limit,
-                idempotency_key=key,
-                truth=functools.partial(flash.flash_sale_truth, sku_id=flash_sku.sku_id),
+            admission = flash.flash_admit(
+                flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=key
             )
         except GateUnavailable:
             return None

@@ -6,4 +6,7 @@ class OrdersConfig(AppConfig):
     label = "orders"
 
     def ready(self) -> None:
-        from apps.orders import checks  # noqa: F401  (registers the system checks)
+        from apps.orders import (
+            checks,  # noqa: F401  (registers the system checks)
+            metrics,  # noqa: F401  (registers its live collectors)
+        )

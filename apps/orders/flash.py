@@ -12,6 +12,7 @@ truth; each ticket ends `accepted` (with its order) or `rejected` (with a reason
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -27,18 +28,29 @@ from django_redis import get_redis_connection
 
 from apps.catalog.services import sku_per_user_limit_set
 from apps.inventory.exceptions import OutOfStock
-from apps.inventory.gate import GateUnavailable, gate_give_back, gate_load, gate_state
+from apps.inventory.gate import (
+    Admission,
+    GateStats,
+    GateUnavailable,
+    gate_admit,
+    gate_give_back,
+    gate_load,
+    gate_state,
+    gate_stats,
+)
 from apps.inventory.models import FlashSale
 from apps.inventory.selectors import stock_available_now
 from apps.inventory.services import stock_receive
 from apps.orders import services
 from apps.orders.exceptions import CheckoutInvalid, PurchaseLimitExceeded
+from apps.orders.metrics import checkout_observed
 from apps.orders.models import CheckoutTicket, Order, OrderLine
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.locks import cache_is_redis
 from shop.outbox import outbox_enqueue
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate, id_is_plausible
+from shop.throttle import hot_sku_check
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +232,32 @@ class checkout_in_flight:
                 get_redis_connection("default").decr(self.full_key)
 
 
+# --- Admission -----------------------------------------------------------------------------------
+
+GATE_REFUSALS = {
+    "sold_out": "out_of_stock",
+    "limit": "purchase_limit_exceeded",
+    "busy": "queue_full",
+}
+
+
+def flash_admit(*, flash: FlashSku, user_id: int, quantity: int, idempotency_key: str) -> Admission:
+    """One checkout attempt at a flash sale's gate (the hot-SKU rate limit first). Raises
+    RateLimited, or GateUnavailable when Redis cannot be used (take the database path)."""
+    hot_sku_check(flash.sku_id)
+    admission = gate_admit(
+        sku_id=flash.sku_id,
+        user_id=user_id,
+        quantity=quantity,
+        per_user_limit=flash.per_user_limit,
+        idempotency_key=idempotency_key,
+        truth=functools.partial(flash_sale_truth, sku_id=flash.sku_id),
+    )
+    if admission.outcome in GATE_REFUSALS:
+        checkout_observed("rejected", GATE_REFUSALS[admission.outcome])
+    return admission
+
+
 # --- Tickets --------------------------------------------------------------------------------------
 
 
@@ -253,6 +291,7 @@ def ticket_create(
         )
         if on_created is not None:
             on_created(ticket)
+    checkout_observed("queued")
     return ticket
 
 
@@ -326,3 +365,41 @@ def ticket_position(ticket: CheckoutTicket) -> int | None:
         return None
     processed = state.seq - state.queued
     return max(0, ticket.seq - processed - 1)
+
+
+# --- Status for operators -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlashSaleStatus:
+    sku_id: int
+    code: str
+    units: int  # put on sale
+    per_user_limit: int | None
+    started_at: Any
+    units_left: int | None  # what the gate may still admit (None: gate not in Redis)
+    queued: int  # tickets admitted and waiting for a worker
+    stock_available: int  # the database's truth
+    stats: GateStats | None  # how the gate answered
+
+
+def flash_sales_status() -> list[FlashSaleStatus]:
+    """Every active flash sale with its gate and the database's stock (dashboard, metrics)."""
+    sales = list(FlashSale.objects.filter(active=True).select_related("sku"))
+    result = []
+    for sale in sales:
+        state = gate_state(sku_id=sale.sku_id)
+        result.append(
+            FlashSaleStatus(
+                sku_id=sale.sku_id,
+                code=sale.sku.code,
+                units=sale.units,
+                per_user_limit=sale.per_user_limit,
+                started_at=sale.started_at,
+                units_left=state.remaining if state else None,
+                queued=state.queued if state else 0,
+                stock_available=stock_available_now(sku_id=sale.sku_id),
+                stats=gate_stats(sku_id=sale.sku_id),
+            )
+        )
+    return result

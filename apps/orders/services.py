@@ -35,6 +35,7 @@ from apps.orders.exceptions import (
     PurchaseLimitExceeded,
 )
 from apps.orders.locks import buyer_checkout_lock
+from apps.orders.metrics import checkout_counted
 from apps.orders.models import (
     FulfilmentStep,
     LoyaltyEntry,
@@ -133,6 +134,7 @@ def _check_per_user_limits(alias: str, user_id: int, lines: Sequence[CheckoutLin
             )
 
 
+@checkout_counted
 def order_place(
     *,
     user_id: int,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import uuid
 from typing import Any
 
@@ -18,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from apps.catalog.selectors import skus_for_checkout
-from apps.inventory.gate import GateUnavailable, gate_admit, gate_give_back
+from apps.inventory.gate import GateUnavailable, gate_give_back
 from apps.inventory.selectors import stock_available_many
 from apps.orders import flash, selectors, services
 from apps.orders.cart import Cart
@@ -31,7 +30,6 @@ from shop.idempotency import (
     request_fingerprint,
 )
 from shop.sharding import shard_for_user
-from shop.throttle import hot_sku_check
 
 
 def _positive_int(value: str | None, default: int = 0) -> int:
@@ -179,11 +177,9 @@ def _checkout_queued(
     user_id = request.user.id
     quantity = sum(item["quantity"] for item in items if item["sku"] == flash_sku.code)
     try:
-        hot_sku_check(flash_sku.sku_id)
-        admission = gate_admit(
-            sku_id=flash_sku.sku_id, user_id=user_id, quantity=quantity,
-            per_user_limit=flash_sku.per_user_limit, idempotency_key=f"storefront:{key}",
-            truth=functools.partial(flash.flash_sale_truth, sku_id=flash_sku.sku_id),
+        admission = flash.flash_admit(
+            flash=flash_sku, user_id=user_id, quantity=quantity,
+            idempotency_key=f"storefront:{key}",
         )  # fmt: skip
     except GateUnavailable:
         admission = None  # no Redis: the plain database path below

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.db.models import Count, Sum
 
-from apps.payments.models import Account, Payment, Refund
+from apps.payments.models import Account, Payment, PaymentChannel, Refund
 from apps.payments.services.ledger import wallet_account
 from shop.sharding import order_shard_aliases, shard_for_id
 from shop.sharding.ids import id_is_plausible
@@ -83,3 +83,43 @@ def settled_items(*, channel: str, start: datetime, end: datetime) -> Iterator[S
         for stream in (_captures, _refunds)
     ]
     return heapq.merge(*streams, key=lambda item: (item.payment_id, item.type))
+
+
+# --- Live channel health (dashboard, metrics) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelHealth:
+    code: str
+    name: str
+    enabled: bool
+    breaker_state: str  # closed | half_open | open
+    breaker_forced: bool
+    breaker_failures: int
+    calls: int  # within the live-health window
+    success_rate: float | None
+    mean_latency_ms: float | None
+
+
+def channels_health() -> list[ChannelHealth]:
+    """Every channel with its breaker (shared through Redis) and live-health window."""
+    from apps.payments.services.channels import breaker_for, health_for
+
+    result = []
+    for channel in PaymentChannel.objects.order_by("priority", "code"):
+        snapshot = breaker_for(channel.code).snapshot()
+        stats = health_for(channel.code).read()
+        result.append(
+            ChannelHealth(
+                code=channel.code,
+                name=channel.name,
+                enabled=channel.enabled,
+                breaker_state=snapshot["state"],
+                breaker_forced=bool(snapshot.get("forced")),
+                breaker_failures=int(snapshot.get("failures") or 0),
+                calls=stats.total if stats else 0,
+                success_rate=stats.success_rate if stats else None,
+                mean_latency_ms=stats.mean_latency_ms if stats else None,
+            )
+        )
+    return result

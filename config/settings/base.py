@@ -8,6 +8,7 @@ CELERY_BROKER_URL selects the *services profile* (PostgreSQL, Redis, RabbitMQ).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from celery.schedules import crontab
@@ -48,6 +49,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every request is counted and timed, refusals by later middleware included.
+    "shop.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before sessions and auth: a shared page for an anonymous reader is answered here.
@@ -456,6 +459,13 @@ SPECTACULAR_SETTINGS = {
 # --- Metrics, logging, e-mail ---------------------------------------------------------------
 # /metrics answers staff sessions, or `Authorization: Bearer <METRICS_TOKEN>` when set.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# Live metrics (breakers, queue depths, backlogs) are read from Redis, the broker and the
+# database at scrape time; a scrape within this many seconds of the last one reuses them.
+METRICS_LIVE_TTL = env.float("METRICS_LIVE_TTL", default=5.0)
+# Several processes (gunicorn workers, Celery prefork) share their samples through files in
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself); make sure it exists.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env("EMAIL_HOST", default="localhost")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)

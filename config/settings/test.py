@@ -28,3 +28,5 @@ for _alias, _db in DATABASES.items():  # noqa: F405
 # Tests change rate limits and switches through shop.runtime.runtime_refresh(); otherwise the
 # defaults stay in force (no surprise queries in query-count tests).
 RUNTIME_CONFIG_TTL = 3600
+# Every scrape reads the live state afresh (tests change it between scrapes).
+METRICS_LIVE_TTL = 0

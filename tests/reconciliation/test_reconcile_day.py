@@ -180,3 +180,32 @@ def test_the_command_reconciles_a_given_file_and_prints_a_summary(channels, tmp_
         call_command("reconcile", "--date", "30.11.2026")
     with pytest.raises(CommandError):
         call_command("reconcile", "--date", "2026-11-30", "--channel", "nope")
+
+
+def test_discrepancies_are_counted_once_and_the_open_ones_scraped(
+    acquirer, card_payments, admin_client
+):
+    from prometheus_client import REGISTRY
+
+    def found() -> float:
+        return sum(
+            REGISTRY.get_sample_value(
+                "shop_reconciliation_discrepancies_found_total", {"channel": "alpha", "kind": k}
+            )
+            or 0
+            for k in set(FIXTURE["expected"].values())
+        )
+
+    acquirer.set_faults("alpha", settlement_anomalies=FIXTURE["anomalies"])
+    before = found()
+    reconcile_day(channel="alpha", business_day=_today())
+    reconcile_day(channel="alpha", business_day=_today())  # the same day again: nothing new
+
+    assert found() == before + len(FIXTURE["expected"])
+    text = admin_client.get("/metrics").content.decode()
+    for kind in set(FIXTURE["expected"].values()):
+        expected = list(FIXTURE["expected"].values()).count(kind)
+        assert f'shop_reconciliation_discrepancies_open{{kind="{kind}"}} {float(expected)}' in text
+    assert 'shop_reconciliation_last_run_timestamp_seconds{channel="alpha",status="completed"}' in (
+        text
+    )

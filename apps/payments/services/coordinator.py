@@ -26,6 +26,7 @@ other is tried; if even that query fails the payment is `unknown` and nothing el
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from apps.orders import services as orders
 from apps.orders.exceptions import InvalidOrderState, OrderNotFound
 from apps.orders.models import Order
 from apps.payments.exceptions import InsufficientFunds, PaymentInProgress
+from apps.payments.metrics import PAYMENTS, attempt_observed
 from apps.payments.models import (
     Payment,
     PaymentAttempt,
@@ -94,6 +96,7 @@ def _attempt(
         detail=detail[:300],
         latency_ms=latency_ms,
     )
+    attempt_observed(channel=channel, outcome=outcome, latency_ms=latency_ms or None)
 
 
 def _set_payment(payment: Payment, **fields: Any) -> None:
@@ -177,12 +180,16 @@ def payment_pay(
     _branch(tcc, "order", B.TRIED)
 
     if method == WALLET:
-        return _pay_with_wallet(tcc, payment)
-    return _pay_with_card(tcc, payment, requested=channel)
+        payment = _pay_with_wallet(tcc, payment)
+    else:
+        payment = _pay_with_card(tcc, payment, requested=channel)
+    PAYMENTS.labels(method, payment.status).inc()
+    return payment
 
 
 def _pay_with_wallet(tcc: TccTransaction, payment: Payment) -> Payment:
     _branch(tcc, WALLET, B.REGISTERED)
+    started = time.perf_counter()
     try:
         fence_try(
             using="default",
@@ -196,8 +203,12 @@ def _pay_with_wallet(tcc: TccTransaction, payment: Payment) -> Payment:
             ),
         )
     except InsufficientFunds as exc:
+        attempt_observed(channel=WALLET, outcome="declined")
         _branch(tcc, WALLET, B.FAILED, exc.message)
         return _fail(tcc, payment, "insufficient_funds", exc.message)
+    attempt_observed(
+        channel=WALLET, outcome="authorized", latency_ms=int((time.perf_counter() - started) * 1000)
+    )
     _branch(tcc, WALLET, B.TRIED)
     return _succeed(tcc, payment)
 

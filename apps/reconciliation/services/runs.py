@@ -23,6 +23,7 @@ from apps.payments.services import payment_settle_now
 from apps.payments.services.channels import ChannelClient, ChannelError
 from apps.payments.services.ledger import card_capture_reversal
 from apps.reconciliation.exceptions import SettlementUnavailable
+from apps.reconciliation.metrics import DISCREPANCIES_FOUND
 from apps.reconciliation.models import (
     Discrepancy,
     Outcome,
@@ -145,7 +146,9 @@ def _record(
             "last_run": run,
         },
     )
-    if not created:
+    if created:
+        DISCREPANCIES_FOUND.labels(channel, finding.outcome).inc()
+    else:
         Discrepancy.objects.filter(id=discrepancy.id).update(last_run=run)
     return discrepancy, created
 

@@ -1,0 +1,20 @@
+"""gunicorn settings for the web process (Procfile: `gunicorn config.wsgi -c config/gunicorn.py`).
+
+Command-line flags still override these. With PROMETHEUS_MULTIPROC_DIR set, a worker that
+exits has its live-gauge files dropped, so /metrics on any worker stays right."""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+accesslog = "-"
+# A request slower than this is a bug or a stuck dependency; every outbound call has its own,
+# shorter timeout.
+timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
+
+
+def child_exit(server, worker):  # gunicorn hook signature
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
