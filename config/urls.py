@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.catalog import api as catalog_api
 from apps.catalog import pages as catalog_pages
+from apps.console import views as console_views
 from apps.orders import api as orders_api
 from apps.payments import api as payments_api
 from apps.users import api as users_api
@@ -65,6 +66,17 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    # The operators' dashboard lives inside the admin (staff only, the admin's login).
+    path(
+        "admin/dashboard/",
+        admin.site.admin_view(console_views.dashboard_view),
+        name="console-dashboard",
+    ),
+    path(
+        "admin/dashboard/switches/<slug:name>/",
+        admin.site.admin_view(console_views.switch_flip_view),
+        name="console-switch",
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

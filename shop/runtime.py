@@ -88,3 +88,22 @@ def runtime_defaults() -> None:
     with _snapshot._lock:
         _snapshot.rules, _snapshot.switches = _snapshot._defaults()
         _snapshot.loaded_at = time.monotonic()
+
+
+def switches_current() -> dict[str, bool]:
+    """Every known switch (settings.SWITCHES) and whether it is on, as this process sees it."""
+    _snapshot.refresh()
+    return {name: _snapshot.switches.get(name, False) for name in settings.SWITCHES}
+
+
+def switch_set(*, name: str, on: bool, note: str = "") -> None:
+    """Flip a degradation switch for every process (within RUNTIME_CONFIG_TTL), and retire the
+    shared pages built under the old setting. Raises KeyError for an unknown switch."""
+    from shop.cache import groups_bump
+    from shop.models import Switch
+
+    if name not in settings.SWITCHES:
+        raise KeyError(name)
+    Switch.objects.update_or_create(name=name, defaults={"on": on, "note": note[:200]})
+    runtime_refresh()
+    groups_bump(settings.PAGE_CACHE_GROUPS)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from apps.orders.models import Order, OrderEvent, OrderLine
-from shop.sharding import shard_for_id, shard_for_user
-from shop.sharding.ids import id_is_plausible
+from shop.sharding import order_shard_aliases, shard_for_id, shard_for_user
+from shop.sharding.ids import id_floor, id_is_plausible, id_minute, id_minute_start
 
 
 def _with_lines(queryset: QuerySet[Order]) -> QuerySet[Order]:
@@ -50,3 +52,21 @@ def orders_for_user(*, user_id: int, page: int = 1, page_size: int = 20) -> Orde
     offset = (page - 1) * page_size
     items = list(_with_lines(queryset.order_by("-id"))[offset : offset + page_size])
     return OrderPage(items=items, count=queryset.count(), page=page, page_size=page_size)
+
+
+def orders_per_minute(*, since: datetime) -> dict[datetime, int]:
+    """Orders placed per minute since ``since``, over every shard (an id range scan: ids are
+    time-ordered)."""
+    counts: Counter[datetime] = Counter()
+    for alias in order_shard_aliases():
+        rows = (
+            Order.objects.using(alias)
+            .filter(id__gte=id_floor(since))
+            .annotate(minute=id_minute())
+            .values("minute")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        for row in rows:
+            counts[id_minute_start(row["minute"])] += row["n"]
+    return dict(counts)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import heapq
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,7 @@ from django.db.models import Count, Sum
 from apps.payments.models import Account, Payment, PaymentChannel, Refund
 from apps.payments.services.ledger import wallet_account
 from shop.sharding import order_shard_aliases, shard_for_id
-from shop.sharding.ids import id_is_plausible
+from shop.sharding.ids import id_floor, id_is_plausible, id_minute, id_minute_start
 
 
 def payment_get(*, payment_id: int, user_id: int | None = None) -> Payment | None:
@@ -123,3 +124,20 @@ def channels_health() -> list[ChannelHealth]:
             )
         )
     return result
+
+
+def payments_per_minute(*, since: datetime) -> dict[datetime, dict[str, int]]:
+    """Payments started per minute since ``since`` by their status now, over every shard."""
+    counts: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for alias in order_shard_aliases():
+        rows = (
+            Payment.objects.using(alias)
+            .filter(id__gte=id_floor(since))
+            .annotate(minute=id_minute())
+            .values("minute", "status")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        for row in rows:
+            counts[id_minute_start(row["minute"])][row["status"]] += row["n"]
+    return {minute: dict(by_status) for minute, by_status in counts.items()}

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "apps.orders",
     "apps.payments",
     "apps.reconciliation",
+    "apps.console",
 ]
 
 MIDDLEWARE = [

@@ -11,6 +11,7 @@ keeps the sequence in a table. Decoding needs nothing but the id.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from django.db import connections, transaction
 
@@ -82,3 +83,24 @@ def _sqlite_generate(alias: str, logical: int) -> int:
             )
             row = (1,)
     return id_compose(ms=int(time.time() * 1000), logical=logical, sequence=row[0])
+
+
+# --- Time from ids (ids are time-ordered: "what happened in the last hour" is an id range) ------
+
+_TIME_SHIFT = SHARD_BITS + SEQUENCE_BITS
+
+
+def id_floor(moment: datetime) -> int:
+    """The smallest id drawn at or after ``moment``."""
+    return id_compose(ms=int(moment.timestamp() * 1000), logical=0, sequence=0)
+
+
+def id_minute() -> Any:
+    """A query expression: the minute (since the id epoch) in which the row's id was drawn."""
+    from django.db.models import F, Value
+
+    return F("id").bitrightshift(_TIME_SHIFT) / Value(60_000)
+
+
+def id_minute_start(minute: int) -> datetime:
+    return datetime.fromtimestamp((ID_EPOCH_MS + int(minute) * 60_000) / 1000, tz=UTC)
