@@ -170,9 +170,9 @@ def queue_depths(queues: Iterable[str]) -> dict[str, int]:
 
 @live_collector("queues")
 def _queues() -> Iterable[Metric]:
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        return []
-    depths = queue_depths(settings.CELERY_WORKER_QUEUES)
+    # No broker (embedded profile, tasks run in-process): no queues, the family stays empty.
+    eager = settings.CELERY_TASK_ALWAYS_EAGER
+    depths = {} if eager else queue_depths(settings.CELERY_WORKER_QUEUES)
     return [
         gauge(
             "shop_queue_depth",

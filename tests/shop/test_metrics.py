@@ -120,3 +120,24 @@ def test_queue_depths_are_read_from_the_broker(admin_client, settings):
         purge_queues()
     assert 'shop_queue_depth{queue="notifications"} 3.0' in text
     assert 'shop_queue_depth{queue="order.processing.dlq"}' in text
+
+
+def test_every_metric_the_deploy_files_use_is_exported(admin_client):
+    """deploy/grafana-dashboard.json and deploy/shop-alerts.yml name only metrics /metrics has."""
+    import json
+    import re
+    from pathlib import Path
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    dashboard = json.loads((deploy / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs.append((deploy / "shop-alerts.yml").read_text())
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\bshop_[a-z_]+", expr)
+    }
+    text = admin_client.get("/metrics").content.decode()
+    exported = set(re.findall(r"^# HELP (\S+)", text, flags=re.MULTILINE))
+    assert used, "the deploy files name no metric"
+    assert used - exported == set()
