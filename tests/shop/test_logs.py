@@ -10,10 +10,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from celery import shared_task
+from celery import shared_task, signals
 from django.conf import settings
+from django.db import transaction
 
 from shop.logs import (
+    CELERY_HEADER,
     JsonFormatter,
     LogContextFilter,
     ReadableFormatter,
@@ -21,6 +23,9 @@ from shop.logs import (
     log_context_bind,
     log_context_current,
 )
+from shop.models import OutboxMessage
+from shop.outbox import outbox_enqueue
+from shop.sharding import shard_for_user
 from tests.config.test_settings_profiles import PRODUCTION_ENV
 from tests.config.test_settings_profiles import _run as run_python
 from tests.factories.catalog import product_with_skus
@@ -254,3 +259,62 @@ def test_a_session_user_is_bound_too(client, log_lines, sku):
     assert response.status_code == 302
     placed = [line for line in log_lines if " placed: " in line["message"]]
     assert [(line["request_id"], line["user_id"]) for line in placed] == [("web-1", str(user.id))]
+
+
+# --- Tasks --------------------------------------------------------------------------------------
+
+
+def test_an_eager_task_logs_with_the_callers_ids_and_gives_them_back(log_lines):
+    with log_context(request_id="req-1", user_id=7):
+        result = context_probe.apply(kwargs={"order_id": "42"})
+        assert log_context_current() == {"request_id": "req-1", "user_id": "7"}
+    assert result.get() == {
+        "request_id": "req-1",
+        "user_id": "7",
+        "order_id": "42",  # what the task is about, from its kwargs
+        "task": context_probe.name,
+        "task_id": result.id,
+    }
+    (probe,) = [line for line in log_lines if line["message"] == "probe"]
+    assert (probe["request_id"], probe["order_id"]) == ("req-1", "42")
+    assert (probe["task"], probe["task_id"]) == (context_probe.name, result.id)
+
+
+def test_a_task_takes_its_ids_from_the_message_header_not_from_who_runs_it():
+    carried = {"request_id": "checkout-9", "user_id": "3", "order_id": "99", "task": "other"}
+    with log_context(request_id="relay-run", payment_id=1):
+        result = context_probe.apply(headers={CELERY_HEADER: carried})
+        assert log_context_current() == {"request_id": "relay-run", "payment_id": "1"}
+    assert result.get() == {
+        "request_id": "checkout-9",
+        "user_id": "3",
+        "order_id": "99",
+        "task": context_probe.name,
+        "task_id": result.id,
+    }
+
+
+def test_publishing_puts_the_callers_ids_in_the_message_header_unless_given():
+    headers: dict[str, Any] = {}
+    given = {CELERY_HEADER: {"request_id": "stored"}}
+    with log_context(request_id="r1", order_id=5, task="some.task", task_id="t1"):
+        signals.before_task_publish.send(sender="x", body=(), headers=headers)
+        signals.before_task_publish.send(sender="x", body=(), headers=given)
+    assert headers == {CELERY_HEADER: {"request_id": "r1", "order_id": "5"}}
+    assert given == {CELERY_HEADER: {"request_id": "stored"}}
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_an_outbox_row_keeps_the_context_of_the_change_that_wrote_it():
+    alias = shard_for_user(1)
+    ids = {"request_id": "r1", "user_id": 1, "order_id": BIG_ID, "task": "t", "task_id": "t1"}
+    with log_context(**ids), transaction.atomic(using=alias):
+        message = outbox_enqueue(
+            using=alias,
+            user_id=1,
+            task="apps.orders.tasks.order_placed_notify",
+            kwargs={"order_id": str(BIG_ID)},
+            queue="notifications",
+        )
+    stored = OutboxMessage.objects.using(alias).get(id=message.id).context
+    assert stored == {"request_id": "r1", "user_id": "1", "order_id": str(BIG_ID)}
