@@ -8,6 +8,8 @@ time; it leaves rows younger than OUTBOX_RELAY_GRACE to the fast path. A broker 
 therefore delays tasks but never loses them, and a rolled-back transaction publishes nothing.
 Delivery is at least once: a publish whose bookkeeping fails is published again, and every
 task receives ``message_id`` ("<alias>:<row id>") to deduplicate with :func:`consume_once`.
+Each row keeps the log context of the change that wrote it (request, user, order ids) and is
+published with it, so the task logs with the original request id whoever publishes it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from kombu.exceptions import KombuError
 
+from shop.logs import CELERY_HEADER, log_context_carry
 from shop.models import OutboxMessage, ProcessedMessage
 from shop.sharding import order_shard_aliases
 
@@ -79,6 +82,7 @@ def outbox_enqueue(
         queue=queue,
         countdown=countdown,
         available_at=timezone.now(),
+        context=log_context_carry(),
     )
     # robust: the change has committed; a failing fast path must not turn it into an error
     # for the caller (the relay publishes what the fast path could not).
@@ -106,6 +110,8 @@ def _publish(using: str, message: OutboxMessage) -> bool:
             queue=message.queue,
             countdown=message.countdown or None,
             retry=False,
+            # The writer's context, not the publisher's (the relay may run anywhere, later).
+            headers={CELERY_HEADER: message.context or {}},
         )
     except BROKER_ERRORS as exc:
         broker_health.mark_down()

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from shop.cache import cache_health_reset
+from shop.logs import log_context_clear
 from shop.ratelimit import ratelimit_local_reset
 from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
@@ -96,3 +97,11 @@ def _fresh_cache() -> None:
     breakers_local_reset()
     yield
     cache_health_reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> None:
+    """Ids bound by one test (an order placed outside a request) must not label the next."""
+    log_context_clear()
+    yield
+    log_context_clear()

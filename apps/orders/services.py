@@ -44,6 +44,7 @@ from apps.orders.models import (
     OrderLine,
     OrderStatus,
 )
+from shop.logs import log_context_bind
 from shop.metrics import DEAD_LETTERS
 from shop.outbox import consume_once, outbox_enqueue
 from shop.review import review_file
@@ -157,6 +158,7 @@ def order_place(
         _check_per_user_limits(alias, user_id, lines)
         # The shard is touched first: if it is down we fail here, before holding any stock.
         order_id = id_generate(alias=alias, logical=logical_shard_for_user(user_id))
+        log_context_bind(order_id=order_id)
         expires_at = timezone.now() + timedelta(seconds=settings.ORDER_RESERVATION_TTL)
         stock_reserve(
             order_id=order_id,
@@ -165,10 +167,13 @@ def order_place(
             expires_at=expires_at,
         )
         try:
-            return _order_write(alias, order_id, user_id, lines, expires_at, on_created)
+            order = _order_write(alias, order_id, user_id, lines, expires_at, on_created)
         except BaseException:
             _release_quietly(order_id)
             raise
+    logger.info("order %s placed: %s line(s), %s %s", order.id, len(lines), order.total,
+                order.currency)  # fmt: skip
+    return order
 
 
 def _release_quietly(order_id: int) -> None:

@@ -50,7 +50,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: every request is counted and timed, refusals by later middleware included.
+    # First: every line logged while answering, a 429 or 503 from the layers below included,
+    # carries the request id (shop.logs).
+    "shop.logs.RequestIdMiddleware",
+    # Every request is counted and timed, refusals by later middleware included.
     "shop.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -435,7 +438,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # --- API ------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # TokenAuthentication that binds the user id to the log context (shop.logs).
+        "shop.authentication.LogContextTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -474,13 +478,28 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="shop@localhost")
 
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+# Every line carries the request id and the user, order and payment ids known at the time,
+# in web and worker processes alike (shop.logs). "json": one object per line, for a log
+# pipeline to index and to follow one order end to end (production's default); "readable":
+# one line a person can read in a terminal (the default here, for development).
+LOG_FORMAT = env("LOG_FORMAT", default="readable")
+if LOG_FORMAT not in {"readable", "json"}:
+    raise ValueError(f"LOG_FORMAT must be readable or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"log_context": {"()": "shop.logs.LogContextFilter"}},
     "formatters": {
-        "readable": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+        "readable": {"()": "shop.logs.ReadableFormatter"},
+        "json": {"()": "shop.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "readable"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["log_context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

@@ -57,6 +57,7 @@ from apps.payments.services.channels import (
     ChannelUnavailable,
     channels_rank,
 )
+from shop.logs import log_context_bind
 from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
 from shop.tcc import FenceRefused, fence_cancel, fence_confirm, fence_try
@@ -140,6 +141,7 @@ def payment_pay(
             extra={"status": order.status},
         )
     payment_id = id_generate(alias=alias, logical=id_logical_shard(order_id))
+    log_context_bind(order_id=order_id, payment_id=payment_id)
     tcc = TccTransaction.objects.create(
         xid=f"pay-{payment_id}",
         payment_id=payment_id,
