@@ -8,6 +8,12 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 accesslog = "-"
+# The combined format plus duration and the request id the shop echoed (shop.logs), so an
+# access line joins the application's lines for the same request.
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms '
+    "request_id=%({x-request-id}o)s"
+)
 # A request slower than this is a bug or a stuck dependency; every outbound call has its own,
 # shorter timeout.
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
