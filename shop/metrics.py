@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     generate_latest,
     multiprocess,
 )
@@ -63,4 +64,21 @@ REVIEW_ITEMS_FILED = Counter(
 )
 DEAD_LETTERS = Counter(
     "shop_dead_letters_total", "Tasks that failed and went to a dead-letter queue", ["queue"]
+)
+ALERTS = Counter(
+    "shop_alerts_total",
+    "Alerts raised, by whether this occurrence notified (true), was de-duplicated (false) or "
+    "could not be recorded (error)",
+    ["kind", "notified"],
+)
+ALERT_DELIVERIES = Counter(
+    "shop_alert_deliveries_total",
+    "Alert notifications handed to each target: sent, skipped (not configured) or failed",
+    ["target", "outcome"],
+)
+INVARIANT_VIOLATIONS = Gauge(
+    "shop_invariant_violations",
+    "Violations found by the latest periodic invariant audit, per check (0 = it holds)",
+    ["check"],
+    multiprocess_mode="mostrecent",
 )
