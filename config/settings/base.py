@@ -446,6 +446,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.reconciliation.tasks.payments_stuck_janitor",
         "schedule": 300.0,
     },
+    # Alerts (shop.alerts): checks that raise one when their condition holds.
+    "alerts-channels-watch": {
+        "task": "apps.payments.tasks.channels_watch",
+        "schedule": float(ALERT_CHANNEL_CHECK_SECONDS),
+    },
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
