@@ -64,3 +64,9 @@ def alert_deliver(self, alert_id: int, targets: list[str] | None = None) -> list
         )
     return failed
 
+
+@shared_task(name="shop.tasks.invariants_audit", ignore_result=True)
+def invariants_audit() -> dict[str, int]:
+    from shop.audit import invariants_audit as audit
+
+    return audit()

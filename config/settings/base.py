@@ -451,6 +451,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.payments.tasks.channels_watch",
         "schedule": float(ALERT_CHANNEL_CHECK_SECONDS),
     },
+    "invariants-audit": {
+        "task": "shop.tasks.invariants_audit",
+        "schedule": float(INVARIANT_AUDIT_SECONDS),
+    },
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
