@@ -451,6 +451,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.payments.tasks.channels_watch",
         "schedule": float(ALERT_CHANNEL_CHECK_SECONDS),
     },
+    "alerts-checkout-queues-watch": {
+        "task": "apps.orders.tasks.checkout_queues_watch",
+        "schedule": float(ALERT_QUEUE_CHECK_SECONDS),
+    },
     "invariants-audit": {
         "task": "shop.tasks.invariants_audit",
         "schedule": float(INVARIANT_AUDIT_SECONDS),
