@@ -14,7 +14,7 @@ from django.utils.module_loading import import_string
 
 from shop.cache import groups_bump
 from shop.errors import ShopError
-from shop.models import ManualReviewItem, RateLimitRule, Switch
+from shop.models import Alert, ManualReviewItem, RateLimitRule, Switch
 from shop.review import review_assign, review_resolve
 from shop.runtime import runtime_refresh
 
@@ -121,3 +121,33 @@ class SwitchAdmin(admin.ModelAdmin):
         runtime_refresh()
         # Shared pages were built under the old switches: retire them.
         groups_bump(settings.PAGE_CACHE_GROUPS)
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """What fired, how often, and when operators were last told (shop.alerts). Read-only: the
+    rows are the de-duplication state."""
+
+    list_display = [
+        "last_seen_at",
+        "severity",
+        "kind",
+        "key",
+        "subject",
+        "occurrences",
+        "notifications",
+        "last_notified_at",
+    ]
+    list_filter = ["kind", "severity"]
+    search_fields = ["key"]
+    ordering = ["-last_seen_at"]
+    date_hierarchy = "last_seen_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

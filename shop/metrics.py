@@ -31,6 +31,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -291,3 +292,24 @@ def task_finished(task_name: str, task_id: str, outcome: str) -> None:
     started = _task_started.pop(task_id, None)
     if started is not None:
         TASK_LATENCY.labels(task_name).observe(time.perf_counter() - started)
+
+
+# --- Alerts and audits (shop.alerts, shop.audit) ----------------------------------------------
+
+ALERTS = Counter(
+    "shop_alerts_total",
+    "Alerts raised, by whether this occurrence notified (true), was de-duplicated (false) or "
+    "could not be recorded (error)",
+    ["kind", "notified"],
+)
+ALERT_DELIVERIES = Counter(
+    "shop_alert_deliveries_total",
+    "Alert notifications handed to each target: sent, skipped (not configured) or failed",
+    ["target", "outcome"],
+)
+INVARIANT_VIOLATIONS = Gauge(
+    "shop_invariant_violations",
+    "Violations found by the latest periodic invariant audit, per check (0 = it holds)",
+    ["check"],
+    multiprocess_mode="mostrecent",
+)

@@ -255,3 +255,38 @@ class Switch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {'on' if self.on else 'off'}"
+
+
+class Alert(models.Model):
+    """One alert (kind, key) and its de-duplication state (shop.alerts): every occurrence is
+    counted; a notification goes out only when none went out within ALERT_DEDUP_WINDOW."""
+
+    class Severity(models.TextChoices):
+        INFO = "info"
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    kind = models.CharField(max_length=40, help_text="What fired, e.g. breaker_open.")
+    key = models.CharField(max_length=200, help_text="Which one, e.g. the channel.")
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    subject = models.CharField(max_length=300, help_text="As of the latest occurrence.")
+    body = models.TextField(blank=True)
+    occurrences = models.PositiveIntegerField(default=1)
+    notifications = models.PositiveIntegerField(default=1, help_text="Notifications sent.")
+    notified_occurrences = models.PositiveIntegerField(
+        default=1, help_text="Occurrences counted when the last notification went out."
+    )
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    last_notified_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [
+            # The row alert_raise upserts on: one per (kind, key), whatever the concurrency.
+            models.UniqueConstraint(fields=["kind", "key"], name="shop_alert_once")
+        ]
+        indexes = [models.Index(fields=["last_seen_at"], name="shop_alert_last_seen")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}: {self.subject}"

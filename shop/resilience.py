@@ -667,15 +667,35 @@ class CircuitBreaker:
                 _fallback_warning.warn(self.name, None)
         if outcome is None:
             outcome = _local.run(self._key(), op, config, token, probe)
-        self._observe(outcome)
+        self._observe(op, outcome)
         return outcome
 
-    def _observe(self, outcome: _Outcome) -> None:
+    def _observe(self, op: str, outcome: _Outcome) -> None:
         BREAKER_STATE.labels(self.name).set(_STATE_CODES[outcome.state])
         for state in outcome.transitions:
             BREAKER_TRANSITIONS.labels(self.name, state).inc()
             log = logger.warning if state == "open" else logger.info
             log("circuit breaker %r is now %s", self.name, state.replace("_", "-"))
+            if state == "open" and op == "failure":
+                self._alert_opened()
+
+    def _alert_opened(self) -> None:
+        """Failures opened the breaker (an operator's force_open alerts nobody). Only the call
+        that made the transition reports it, so one opening is one alert however many
+        processes share the breaker."""
+        from shop.alerts import alert_raise  # the alerts module needs the models loaded
+
+        alert_raise(
+            kind="breaker_open",
+            key=self.name,
+            subject=f"Circuit breaker {self.name} opened",
+            body=(
+                f"{self.failure_threshold} failures within {self.failure_window:g} s opened "
+                f"circuit breaker {self.name!r} (or a trial call failed while half-open). "
+                f"Calls are refused for {self.reset_timeout:g} s, then a trial call is let "
+                "through; its success closes the breaker again."
+            ),
+        )
 
 
 # --- Retry ------------------------------------------------------------------------------------

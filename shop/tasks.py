@@ -38,3 +38,35 @@ def tcc_fences_cleanup() -> int:
     from shop.tcc import fences_cleanup
 
     return fences_cleanup()
+
+
+@shared_task(
+    bind=True, name="shop.tasks.alert_deliver", acks_late=True, ignore_result=True, max_retries=None
+)
+def alert_deliver(self, alert_id: int, targets: list[str] | None = None) -> list[str]:
+    """Deliver an alert; targets that failed are tried again, alone, a few times."""
+    from django.conf import settings
+    from django.db import DatabaseError
+
+    from shop.alerts import alert_deliver as deliver
+
+    retry = not self.request.is_eager and self.request.retries < settings.ALERT_DELIVERY_RETRIES
+    try:
+        failed = deliver(alert_id=alert_id, targets=targets)
+    except DatabaseError as exc:  # the alert could not be read: try again later
+        if not retry:
+            raise
+        raise self.retry(exc=exc, countdown=settings.ALERT_DELIVERY_RETRY_DELAY) from exc
+    if failed and retry:
+        raise self.retry(
+            kwargs={"alert_id": alert_id, "targets": failed},
+            countdown=settings.ALERT_DELIVERY_RETRY_DELAY,
+        )
+    return failed
+
+
+@shared_task(name="shop.tasks.invariants_audit", ignore_result=True)
+def invariants_audit() -> dict[str, int]:
+    from shop.audit import invariants_audit as audit
+
+    return audit()

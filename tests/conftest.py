@@ -21,6 +21,9 @@ from shop.ratelimit import ratelimit_local_reset
 from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
 
+# Fixtures shared across test packages: the alert sink (operators' mail, a webhook receiver).
+pytest_plugins = ["tests.alerting"]
+
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 HOW_TO = "run `make test-services` (local PostgreSQL, Redis, RabbitMQ) to include it"
 

@@ -45,6 +45,7 @@ from apps.orders import services
 from apps.orders.exceptions import CheckoutInvalid, PurchaseLimitExceeded
 from apps.orders.metrics import checkout_observed
 from apps.orders.models import CheckoutTicket, Order, OrderLine
+from shop.alerts import alert_raise
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.locks import cache_is_redis
 from shop.outbox import outbox_enqueue
@@ -195,6 +196,34 @@ def flash_sales_repair() -> int:
     return sum(
         flash_sale_repair(sku_id=sale.sku_id) for sale in FlashSale.objects.filter(active=True)
     )
+
+
+def checkout_queues_watch() -> dict[str, int]:
+    """Alert (kind ``checkout_queue``, key = the SKU code) for each active flash sale whose
+    checkout queue holds at least ALERT_QUEUE_NEAR_BOUND × CHECKOUT_QUEUE_BOUND tickets, while
+    there is still time to act. Returns those SKUs' queue lengths. Reads the gate's counters
+    only (without Redis there is no gate and nothing to watch)."""
+    bound = settings.CHECKOUT_QUEUE_BOUND
+    near = max(1.0, bound * settings.ALERT_QUEUE_NEAR_BOUND)
+    crowded = {}
+    sales = FlashSale.objects.filter(active=True).order_by("sku_id")
+    for sku_id, code in sales.values_list("sku_id", "sku__code"):
+        state = gate_state(sku_id=sku_id)
+        if state is None or state.queued < near:
+            continue
+        crowded[code] = state.queued
+        alert_raise(
+            kind="checkout_queue",
+            key=code,
+            subject=f"Checkout queue of {code} at {state.queued / bound:.0%} of its bound",
+            body=(
+                f"{state.queued} checkouts of flash-sale SKU {code} are waiting; at "
+                f'{bound} (CHECKOUT_QUEUE_BOUND) buyers get an immediate "try later". '
+                f"{state.remaining} units left at the gate. More checkout workers (queue "
+                f"{settings.CHECKOUT_QUEUE}) drain it faster."
+            ),
+        )
+    return crowded
 
 
 # --- Load-based queueing --------------------------------------------------------------------------

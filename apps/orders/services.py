@@ -44,6 +44,7 @@ from apps.orders.models import (
     OrderLine,
     OrderStatus,
 )
+from shop.alerts import alert_raise
 from shop.logs import log_context_bind
 from shop.metrics import DEAD_LETTERS
 from shop.outbox import consume_once, outbox_enqueue
@@ -644,6 +645,8 @@ def order_dead_letter_handle(
 
 
 def _alert_dead_letter(order: Order, error: str, attempt: int, final: bool) -> None:
+    """One alert per dead-lettered task (not per order): a broken dependency failing every
+    order pages once per window, each order still gets its own manual-review item."""
     what = "sent to manual review" if final else "will be retried"
     logger.error(
         "dead letter: order %s processing attempt %s failed (%s); %s",
@@ -652,20 +655,21 @@ def _alert_dead_letter(order: Order, error: str, attempt: int, final: bool) -> N
         error,
         what,
     )
-    staff = list(
-        get_user_model()
-        .objects.filter(is_staff=True, is_active=True)
-        .exclude(email="")
-        .values_list("email", flat=True)
+    alert_raise(
+        kind="dead_letter",
+        key=PROCESS_TASK,
+        severity="critical" if final else "warning",
+        subject=f"Order processing failed: order {order.id}, attempt {attempt}; it {what}",
+        body=(
+            f"Order {order.id} (shard {order._state.db}) failed processing, attempt {attempt} "
+            f"of {settings.ORDER_PROCESSING_MAX_RETRIES + 1}: {error}\nIt {what}"
+            + (
+                " (Platform → Manual review items)."
+                if final
+                else f", in {settings.DEAD_LETTER_RETRY_DELAY} s."
+            )
+        ),
     )
-    if staff:
-        send_mail(
-            subject=f"[shop] order {order.id} processing failed (attempt {attempt})",
-            message=f"Order {order.id} on {order._state.db}: {error}\nIt {what}.",
-            from_email=None,
-            recipient_list=staff,
-            fail_silently=True,
-        )
 
 
 def order_processing_retry(*, order_id: int, actor: str) -> None:

@@ -84,3 +84,10 @@ def flash_sales_repair() -> int:
     from apps.orders import flash
 
     return flash.flash_sales_repair()
+
+
+@shared_task(name="apps.orders.tasks.checkout_queues_watch", ignore_result=True)
+def checkout_queues_watch() -> dict[str, int]:
+    from apps.orders import flash
+
+    return flash.checkout_queues_watch()

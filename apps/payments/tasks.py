@@ -13,3 +13,10 @@ def tcc_recover() -> dict[str, int]:
 @shared_task(name="apps.payments.tasks.refunds_retry", ignore_result=True)
 def refunds_retry() -> int:
     return services.refunds_retry()
+
+
+@shared_task(name="apps.payments.tasks.channels_watch", ignore_result=True)
+def channels_watch() -> dict[str, float]:
+    from apps.payments.services.channels import channels_watch as watch
+
+    return watch()

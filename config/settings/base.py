@@ -259,6 +259,7 @@ CELERY_TASK_ROUTES = {
     "apps.orders.tasks.order_placed_notify": {"queue": NOTIFICATIONS_QUEUE},
     "apps.payments.tasks.*": {"queue": PAYMENTS_QUEUE},
     "apps.orders.tasks.checkout_ticket_process": {"queue": CHECKOUT_QUEUE},
+    "shop.tasks.alert_deliver": {"queue": NOTIFICATIONS_QUEUE},
 }
 # RabbitMQ's consumer_timeout (30 min by default): a late-acked message held longer than this
 # (an ETA/countdown task) makes the broker close the channel. Every countdown stays below it.
@@ -358,6 +359,49 @@ CHECKOUT_QUEUE_ABOVE_INFLIGHT = env.int("CHECKOUT_QUEUE_ABOVE_INFLIGHT", default
 # Gate counters live this long after their last change (a sale lasts minutes to hours).
 FLASH_SALE_COUNTER_TTL = env.int("FLASH_SALE_COUNTER_TTL", default=24 * 3600)
 
+# --- Alerts -------------------------------------------------------------------------------------
+# Where alert notifications go (shop.alerts): dotted paths of classes with a send(message)
+# method. The log target costs nothing and still works when mail and the webhook do not.
+ALERT_TARGETS = env.list(
+    "ALERT_TARGETS",
+    default=["shop.alerts.LogTarget", "shop.alerts.EmailTarget", "shop.alerts.WebhookTarget"],
+)
+# One notification per alert (kind + key) per window; later occurrences are only counted. A
+# quarter of an hour: a flapping channel or a storm of dead letters pages once, and a problem
+# still there after a coffee break is heard of again.
+ALERT_DEDUP_WINDOW = env.int("ALERT_DEDUP_WINDOW", default=15 * 60)
+# E-mail goes to the active members of this group (created empty by the migrations: add the
+# operators in the admin), plus any addresses in ALERT_EMAILS (a team list, a pager gateway).
+ALERT_OPERATORS_GROUP = env("ALERT_OPERATORS_GROUP", default="operators")
+ALERT_EMAILS = env.list("ALERT_EMAILS", default=[])
+# The webhook target POSTs the alert as JSON here (chat, incident tool); empty: skipped.
+ALERT_WEBHOOK_URL = env("ALERT_WEBHOOK_URL", default="")
+# Delivery runs on a worker, or inline in the failing process when the broker is down: short
+# timeouts so a dead mail server or webhook cannot stall it.
+ALERT_CONNECT_TIMEOUT = env.float("ALERT_CONNECT_TIMEOUT", default=1.0)
+ALERT_SEND_TIMEOUT = env.float("ALERT_SEND_TIMEOUT", default=3.0)
+# A target that failed is tried again by the worker (only that target), this many times, a
+# minute apart: a mail server restarting should not lose the page.
+ALERT_DELIVERY_RETRIES = env.int("ALERT_DELIVERY_RETRIES", default=3)
+ALERT_DELIVERY_RETRY_DELAY = env.int("ALERT_DELIVERY_RETRY_DELAY", default=60)
+# A payment channel alerts when fewer than 90 % of its calls succeeded over the last 5 minutes
+# (its live health window; at most that window's 300 s), counted only from 20 calls up so one
+# failure out of one pages nobody. Checked every minute.
+ALERT_CHANNEL_WINDOW = env.int("ALERT_CHANNEL_WINDOW", default=300)
+ALERT_CHANNEL_SUCCESS_MIN = env.float("ALERT_CHANNEL_SUCCESS_MIN", default=0.90)
+ALERT_CHANNEL_MIN_ATTEMPTS = env.int("ALERT_CHANNEL_MIN_ATTEMPTS", default=20)
+ALERT_CHANNEL_CHECK_SECONDS = env.int("ALERT_CHANNEL_CHECK_SECONDS", default=60)
+# A flash sale's checkout queue alerts at 80 % of CHECKOUT_QUEUE_BOUND: time to act (more
+# workers, a switch) before buyers get "try later". Checked every 15 s: queues fill fast.
+ALERT_QUEUE_NEAR_BOUND = env.float("ALERT_QUEUE_NEAR_BOUND", default=0.8)
+ALERT_QUEUE_CHECK_SECONDS = env.int("ALERT_QUEUE_CHECK_SECONDS", default=15)
+# The invariants of AUDIT_CHECKS are audited every 10 minutes (each check reads whole tables,
+# so not much more often). A failing check is run again this many seconds later and alerts only
+# if it fails again: a cross-database step caught half-way (order paid, stock about to be
+# committed) is not a violation.
+INVARIANT_AUDIT_SECONDS = env.int("INVARIANT_AUDIT_SECONDS", default=600)
+INVARIANT_AUDIT_RECHECK_SECONDS = env.float("INVARIANT_AUDIT_RECHECK_SECONDS", default=5.0)
+
 # --- Reconciliation -----------------------------------------------------------------------------
 # Fetching a day's settlement file may take a while for a big day.
 SETTLEMENT_FETCH_TIMEOUT = env.float("SETTLEMENT_FETCH_TIMEOUT", default=60.0)
@@ -408,6 +452,19 @@ CELERY_BEAT_SCHEDULE = {
     "payments-stuck-janitor": {
         "task": "apps.reconciliation.tasks.payments_stuck_janitor",
         "schedule": 300.0,
+    },
+    # Alerts (shop.alerts): checks that raise one when their condition holds.
+    "alerts-channels-watch": {
+        "task": "apps.payments.tasks.channels_watch",
+        "schedule": float(ALERT_CHANNEL_CHECK_SECONDS),
+    },
+    "alerts-checkout-queues-watch": {
+        "task": "apps.orders.tasks.checkout_queues_watch",
+        "schedule": float(ALERT_QUEUE_CHECK_SECONDS),
+    },
+    "invariants-audit": {
+        "task": "shop.tasks.invariants_audit",
+        "schedule": float(INVARIANT_AUDIT_SECONDS),
     },
 }
 

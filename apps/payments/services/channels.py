@@ -18,6 +18,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.payments.models import PaymentChannel
+from shop.alerts import alert_raise
 from shop.http import HttpNoAnswer, HttpTimeout, HttpUnavailable, http_json
 from shop.resilience import BreakerOpen, CircuitBreaker, retry_call
 from shop.window import SlidingWindow
@@ -60,8 +61,9 @@ def breaker_for(code: str) -> CircuitBreaker:
     return CircuitBreaker(f"channel:{code}")
 
 
-def health_for(code: str) -> SlidingWindow:
-    return SlidingWindow(f"channel-health:{code}", window=HEALTH_WINDOW_SECONDS)
+def health_for(code: str, window: int = HEALTH_WINDOW_SECONDS) -> SlidingWindow:
+    """The channel's live health; ``window`` (seconds, at most the recorded 300) to read."""
+    return SlidingWindow(f"channel-health:{code}", window=window)
 
 
 class ChannelClient:
@@ -269,3 +271,38 @@ def channels_ensure_sandbox() -> int:
             },
         )
     return PaymentChannel.objects.count()
+
+
+# --- Alerts ---------------------------------------------------------------------------------------
+
+
+def channels_watch() -> dict[str, float]:
+    """Alert (kind ``channel_success``, key = the channel) for each enabled channel whose live
+    success rate over ALERT_CHANNEL_WINDOW (at most the health window) is below
+    ALERT_CHANNEL_SUCCESS_MIN, counted only with at least ALERT_CHANNEL_MIN_ATTEMPTS calls.
+    Returns those channels' rates. Without Redis there is no live health and nothing alerts."""
+    window = min(settings.ALERT_CHANNEL_WINDOW, HEALTH_WINDOW_SECONDS)
+    threshold, minimum = settings.ALERT_CHANNEL_SUCCESS_MIN, settings.ALERT_CHANNEL_MIN_ATTEMPTS
+    failing = {}
+    codes = PaymentChannel.objects.filter(enabled=True).order_by("code")
+    for code in codes.values_list("code", flat=True):
+        stats = health_for(code, window).read()
+        if stats is None or stats.total < max(minimum, 1) or stats.success_rate >= threshold:
+            continue
+        failing[code] = stats.success_rate
+        alert_raise(
+            kind="channel_success",
+            key=code,
+            subject=(
+                f"Payment channel {code}: {stats.success_rate:.0%} of calls succeeded over the "
+                f"last {window} s"
+            ),
+            body=(
+                f"{stats.failed} of {stats.total} calls to channel {code} failed (errors, "
+                f"timeouts, unreachable) over the last {window} s; mean latency "
+                f"{stats.mean_latency_ms:.0f} ms. Alert threshold: below {threshold:.0%} with at "
+                f"least {minimum} calls. Its breaker is {breaker_for(code).state()}; routing "
+                "already prefers healthier channels."
+            ),
+        )
+    return failing

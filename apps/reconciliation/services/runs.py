@@ -32,6 +32,7 @@ from apps.reconciliation.models import (
 )
 from apps.reconciliation.services.files import settlement_fetch
 from apps.reconciliation.services.matching import Finding, Ours, Tally, bank_groups, match
+from shop.alerts import alert_raise
 from shop.locks import OwnedLock
 from shop.review import review_file
 from shop.sharding.ids import id_is_plausible
@@ -99,7 +100,7 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
         for item in settled_items(channel=channel, start=start, end=end)
     )
     tally = Tally()
-    opened = 0
+    opened: dict[str, int] = {}  # new discrepancies (first seen in this run) per outcome
     for finding in match(ours, bank_groups(settlement), tally):
         if finding.outcome == Outcome.MATCHED:
             tally.matched += 1
@@ -109,7 +110,8 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
             (finding.bank_amount or 0) - (finding.ours.amount if finding.ours else 0)
         )
         discrepancy, created = _record(run, channel, business_day, finding)
-        opened += created
+        if created:
+            opened[finding.outcome] = opened.get(finding.outcome, 0) + 1
         if discrepancy.status == Discrepancy.Status.OPEN:
             _handle(discrepancy, finding, channel)
     run.ours_count, run.ours_total = tally.ours_count, tally.ours_total
@@ -117,7 +119,30 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
     run.matched_count, run.discrepancies = tally.matched, tally.by_outcome
     run.unmatched_amount = tally.unmatched_amount
     _finish(run, ReconciliationRun.Status.COMPLETED)
-    return RunSummary(run, opened)
+    if opened:
+        _alert_new_discrepancies(run, opened)
+    return RunSummary(run, sum(opened.values()))
+
+
+def _alert_new_discrepancies(run: ReconciliationRun, opened: dict[str, int]) -> None:
+    """One alert per channel and business day: a re-run finding more within the window is
+    counted, not sent again."""
+    new = sum(opened.values())
+    still_open = Discrepancy.objects.filter(first_run=run, status=Discrepancy.Status.OPEN).count()
+    counts = ", ".join(f"{kind} {count}" for kind, count in sorted(opened.items()))
+    totals = ", ".join(f"{kind} {count}" for kind, count in sorted(run.discrepancies.items()))
+    alert_raise(
+        kind="reconciliation",
+        key=f"{run.channel}:{run.business_day}",
+        subject=f"Reconciliation {run.channel} {run.business_day}: {new} new discrepancies",
+        body=(
+            f"Run {run.id} of {run.channel} for {run.business_day} found {new} new "
+            f"discrepancies: {counts}; {still_open} of them still open (the others were "
+            f"settled automatically).\nAll discrepancies of this run: {totals}; "
+            f"{run.matched_count} matched; unmatched amount {run.unmatched_amount}.\n"
+            "Open ones wait in Reconciliation → Discrepancies and in the manual-review queue."
+        ),
+    )
 
 
 def _finish(run: ReconciliationRun, status: str, error: str = "") -> None:
