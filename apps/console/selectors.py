@@ -16,7 +16,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from shop.metrics import queue_depths
-from shop.models import ManualReviewItem
+from shop.models import Alert, ManualReviewItem
 from shop.runtime import switches_current
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,14 @@ def reviews_waiting() -> list[dict[str, Any]]:
     )
 
 
+# How many of the latest alerts the dashboard lists.
+RECENT_ALERTS = 10
+
+
+def alerts_recent() -> list[Alert]:
+    return list(Alert.objects.order_by("-last_seen_at")[:RECENT_ALERTS])
+
+
 def _queues() -> dict[str, int]:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return {}
@@ -116,6 +124,7 @@ def dashboard() -> dict[str, Section]:
         "flash_sales": _section("flash_sales", _flash_sales),
         "queues": _section("queues", _queues),
         "reviews": _section("reviews", reviews_waiting),
+        "alerts": _section("alerts", alerts_recent),
         "reconciliation": _section("reconciliation", _reconciliation),
         "switches": _section("switches", _switches),
         "charts": _section("charts", charts_last_hour),

@@ -128,3 +128,20 @@ def test_a_dependency_down_blanks_only_its_own_section(admin_client, settings):
     html = page.content.decode()
     assert "Broker unavailable" in html
     assert "<td>alpha</td>" in html  # the channels section still renders
+
+
+@pytest.mark.django_db(databases=ALL, transaction=True)  # delivery runs after commit
+def test_recent_alerts_are_listed_with_their_occurrences(admin_client, alert_sink):
+    from shop.alerts import alert_raise
+
+    for _ in range(3):
+        alert_raise(kind="breaker_open", key="channel:beta", subject="Channel beta: breaker open",
+                    severity="warning")  # fmt: skip
+
+    html = admin_client.get(URL).content.decode()
+
+    section = html.split('<section id="alerts">')[1].split("</section>")[0]
+    assert "Channel beta: breaker open" in section
+    assert "breaker_open · channel:beta" in section
+    assert "<td>3</td>" in section  # three occurrences, one notification
+    assert alert_sink.notified("breaker_open") == 1
