@@ -159,7 +159,7 @@ def order_place(
         _check_per_user_limits(alias, user_id, lines)
         # The shard is touched first: if it is down we fail here, before holding any stock.
         order_id = id_generate(alias=alias, logical=logical_shard_for_user(user_id))
-        log_context_bind(order_id=order_id)
+        log_context_bind(order_id=order_id, payment_id=None)  # a new order: drop an older payment
         expires_at = timezone.now() + timedelta(seconds=settings.ORDER_RESERVATION_TTL)
         stock_reserve(
             order_id=order_id,

@@ -318,3 +318,21 @@ def test_an_outbox_row_keeps_the_context_of_the_change_that_wrote_it():
         )
     stored = OutboxMessage.objects.using(alias).get(id=message.id).context
     assert stored == {"request_id": "r1", "user_id": "1", "order_id": str(BIG_ID)}
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_a_new_order_drops_the_payment_id_of_an_earlier_one(log_lines, sku):
+    # Given a long-lived context (a script, a task placing several orders) that paid before
+    from apps.orders.services import order_place
+
+    buyer = UserFactory(username="logs-loop")
+    with log_context(order_id=BIG_ID, payment_id=BIG_ID + 1):
+        # When it places another order
+        order = order_place(user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1}])
+
+        # Then the order's line names the new order and no payment
+        placed = [line for line in log_lines if line["message"].startswith(f"order {order.id}")]
+        assert placed and placed[0]["order_id"] == str(order.id)
+        assert "payment_id" not in placed[0]
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        purge_queues()
