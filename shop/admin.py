@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
+from shop.adminkit import ReadOnlyAdmin
 from shop.cache import groups_bump
 from shop.errors import ShopError
 from shop.models import Alert, ManualReviewItem, RateLimitRule, Switch
@@ -124,7 +125,7 @@ class SwitchAdmin(admin.ModelAdmin):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdmin):
     """What fired, how often, and when operators were last told (shop.alerts). Read-only: the
     rows are the de-duplication state."""
 
@@ -142,12 +143,3 @@ class AlertAdmin(admin.ModelAdmin):
     search_fields = ["key"]
     ordering = ["-last_seen_at"]
     date_hierarchy = "last_seen_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -29,18 +29,8 @@ from apps.payments.models import (
 from apps.payments.services import payment_settle_now
 from apps.payments.services.channels import breaker_for, health_for
 from apps.payments.services.ledger import wallet_topup
+from shop.adminkit import ReadOnlyAdmin
 from shop.sharding.admin import ShardedAdmin, ShardedInline, ShardFilter
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(PaymentChannel)

@@ -20,25 +20,15 @@ from apps.payments.models import PaymentChannel
 from apps.reconciliation.exceptions import SettlementFileInvalid, SettlementUnavailable
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile
 from apps.reconciliation.services import discrepancy_resolve, reconcile_day, settlement_import
+from shop.adminkit import ReadOnlyAdmin
 from shop.errors import ShopError
 
 CHART_DAYS = 30
 BASELINE = 150  # y of the chart's axis, in SVG units
 
 
-class ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(ReconciliationRun)
-class ReconciliationRunAdmin(ReadOnly):
+class ReconciliationRunAdmin(ReadOnlyAdmin):
     list_display = [
         "business_day",
         "channel",
@@ -120,7 +110,7 @@ class ResolveForm(forms.Form):
 
 
 @admin.register(Discrepancy)
-class DiscrepancyAdmin(ReadOnly):
+class DiscrepancyAdmin(ReadOnlyAdmin):
     list_display = [
         "business_day",
         "channel",
@@ -205,7 +195,7 @@ class UploadForm(forms.Form):
 
 
 @admin.register(SettlementFile)
-class SettlementFileAdmin(ReadOnly):
+class SettlementFileAdmin(ReadOnlyAdmin):
     list_display = ["business_day", "channel", "source", "row_count", "imported_at", "imported_by"]
     list_filter = ["channel", "source"]
     change_list_template = "admin/reconciliation/file_change_list.html"

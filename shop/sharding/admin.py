@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from shop.adminkit import ReadOnlyAdmin
 from shop.sharding import order_shard_aliases, shard_for_id
 from shop.sharding.ids import id_is_plausible
 
@@ -48,7 +49,7 @@ class ShardFilter(admin.SimpleListFilter):
         return queryset  # the shard is chosen in ShardedAdmin.get_queryset
 
 
-class ShardedAdmin(admin.ModelAdmin):
+class ShardedAdmin(ReadOnlyAdmin):
     """Read-only admin of a sharded model whose ids carry their shard."""
 
     search_fields = ["id"]
@@ -68,15 +69,6 @@ class ShardedAdmin(admin.ModelAdmin):
         if not term.isdigit():
             return queryset.none(), False
         return queryset.filter(id=int(term)), False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class ShardedInline(admin.TabularInline):
