@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +86,27 @@ def alert_emails(kind: str | None = None) -> list[mail.EmailMessage]:
     """Alert mails in the local-memory outbox (buyers' mails left out), optionally of a kind."""
     found = [m for m in mail.outbox if m.subject.startswith("[shop ")]
     return [m for m in found if kind is None or f"\nAlert {kind} / " in f"\n{m.body}"]
+
+
+def all_at_once(code: str, *, webhook_url: str, processes: int = 8) -> list[str]:
+    """Run ``code`` in ``processes`` separate processes that start it at the same instant (it
+    is formatted with ``start``, an epoch time to busy-wait for), each delivering its own alerts
+    to the webhook only (no broker); returns the last line each printed."""
+    from tests.workers import django_process
+
+    start = time.time() + 4  # all started and connected by then
+    running = [
+        django_process(
+            code.format(start=start),
+            CELERY_BROKER_URL="",
+            ALERT_TARGETS="shop.alerts.WebhookTarget",
+            ALERT_WEBHOOK_URL=webhook_url,
+        )
+        for _ in range(processes)
+    ]
+    outputs = [process.communicate(timeout=60)[0] for process in running]
+    assert all(process.returncode == 0 for process in running), outputs
+    return [output.strip().splitlines()[-1] for output in outputs]
 
 
 def window_passes(kind: str, key: str | None = None) -> None:

@@ -18,11 +18,12 @@ from tests.alerting import (
     ALL_TARGETS,
     WebhookReceiver,
     alert_emails,
+    all_at_once,
     closed_port_url,
     window_passes,
 )
 from tests.shop.test_database_down import _default_database_down
-from tests.workers import StallingSMTPServer, Worker, django_process, purge_queues, wait_for
+from tests.workers import StallingSMTPServer, Worker, purge_queues, wait_for
 
 ALL = "__all__"
 DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1//"
@@ -253,23 +254,11 @@ def test_eight_processes_raising_the_same_alert_at_once_notify_exactly_once(
     operators_group, alert_webhook
 ):
     # Given eight processes (no broker: each delivers what it notifies itself)
-    start = time.time() + 4  # all started and connected by then
-    processes = [
-        django_process(
-            RAISE_AT.format(start=start),
-            CELERY_BROKER_URL="",
-            ALERT_TARGETS="shop.alerts.WebhookTarget",
-            ALERT_WEBHOOK_URL=alert_webhook.url,
-        )
-        for _ in range(8)
-    ]
     # When they all raise the same alert in the same instant
-    outputs = [process.communicate(timeout=60)[0] for process in processes]
+    results = all_at_once(RAISE_AT, webhook_url=alert_webhook.url)
 
     # Then exactly one of them notified, and every occurrence is counted
-    assert all(process.returncode == 0 for process in processes), outputs
-    results = [output.strip().splitlines()[-1] for output in outputs]
-    assert sorted(results) == ["COUNTED"] * 7 + ["NOTIFIED"], outputs
+    assert sorted(results) == ["COUNTED"] * 7 + ["NOTIFIED"], results
     alert = Alert.objects.get(kind="test", key="storm")
     assert (alert.occurrences, alert.notifications) == (8, 1)
     assert len(alert_webhook.of("test")) == 1
