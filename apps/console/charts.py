@@ -54,11 +54,13 @@ def line_chart(
         f'<text x="{LEFT - 4}" y="{TOP + 8}" text-anchor="end">{escape(top_label)}</text>',
         f'<text x="{LEFT - 4}" y="{TOP + plot_h}" text-anchor="end">0</text>',
     ]
-    for i in sorted({0, len(minutes) // 2, len(minutes) - 1}):
+    last = len(minutes) - 1
+    for i in sorted({0, len(minutes) // 2, last}):
         if 0 <= i < len(minutes):
             label = minutes[i].strftime("%H:%M")
+            anchor = "start" if i == 0 else "end" if i == last else "middle"
             parts.append(
-                f'<text x="{x(i):.1f}" y="{HEIGHT - 6}" text-anchor="middle">{label}</text>'
+                f'<text x="{x(i):.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}">{label}</text>'
             )
     for segment in segments:
         if len(segment) == 1:
