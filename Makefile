@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile clean
+.PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -46,8 +46,12 @@ test-services:
 	set -a && . ./.env.services && set +a && $(MAKE) test
 
 ## Every process of the services profile (Procfile) under honcho.
+## Web and worker processes share their Prometheus samples through PROMETHEUS_MULTIPROC_DIR,
+## emptied here before they start.
 services-run: install
 	set -a && . ./.env.services && set +a && \
+	  export PROMETHEUS_MULTIPROC_DIR="$(abspath var/prometheus)" && \
+	  rm -rf "$$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && \
 	  $(PY) manage.py migrate_all && $(PY) manage.py seed_demo && \
 	  PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/honcho start
 
@@ -62,6 +66,9 @@ bench-payments: install
 
 bench-reconcile: install
 	$(PY) bench/reconcile.py
+
+bench-flash: install
+	$(PY) bench/flash_sale.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -61,6 +63,13 @@ def manage(*args: str, env: dict[str, str]) -> str:
     if result.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
     return result.stdout
+
+
+def shell_json(module: str, function: str, *args: object, env: dict[str, str]) -> Any:
+    """Call a shop-side function of a bench module (arguments by ``repr``) in ``manage.py
+    shell`` on ``env``; returns the JSON of the last line it printed."""
+    call = f"from {module} import {function}; {function}({', '.join(map(repr, args))})"
+    return json.loads(manage("shell", "-c", call, env=env).strip().splitlines()[-1])
 
 
 def manage_parallel(commands: list[list[str]], *, env: dict[str, str]) -> list[str]:
@@ -144,21 +153,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 1) -> Iterator[str]:
-    """Serve the shop under gunicorn; yields the base URL."""
+def gunicorn(
+    env: dict[str, str], *, workers: int = 2, threads: int = 1, log: Path | None = None
+) -> Iterator[str]:
+    """Serve the shop under gunicorn; yields the base URL. Its output (the shop's log records
+    too) goes to ``log`` if given, else to this process's."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            PYTHON, "-m", "gunicorn", "config.wsgi",
-            "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers),
-            "--threads", str(threads),
-            "--backlog", "2048",
-            "--log-level", "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )  # fmt: skip
+    with open(log or os.devnull, "w") as out:
+        process = subprocess.Popen(
+            [
+                PYTHON, "-m", "gunicorn", "config.wsgi",
+                "--bind", f"127.0.0.1:{port}",
+                "--workers", str(workers),
+                "--threads", str(threads),
+                "--backlog", "2048",
+                "--log-level", "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            **({"stdout": out, "stderr": subprocess.STDOUT} if log else {}),
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -175,6 +189,45 @@ def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 1) -> Iter
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: dict[str, str], *, queues: list[str], log: Path, concurrency: int = 2
+) -> Iterator[subprocess.Popen]:
+    """A real Celery worker (``celery -A config worker``, as in the Procfile) on ``env``, in a
+    process group of its own (its pool stops with it), logging to ``log``; yields once it is
+    ready. Without gossip and mingle: it starts faster and talks to no other worker. It logs at
+    INFO, as the Procfile's does (its "ready." line is an INFO record)."""
+    env = {**env, "LOG_LEVEL": "INFO"}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                PYTHON, "-m", "celery", "-A", "config", "worker",
+                "--queues", ",".join(queues),
+                "--concurrency", str(concurrency),
+                "--hostname", f"bench-{os.getpid()}@%h",
+                "--without-gossip", "--without-mingle",
+                "--loglevel", "INFO",
+            ],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while " ready." not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"the Celery worker did not start:\n{tail}")
+            time.sleep(0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # warm shutdown: running tasks finish
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
 
 
 @dataclass
@@ -208,6 +261,11 @@ def _wrk(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    return wrk_parse(name, url, seconds, out)
+
+
+def wrk_parse(name: str, url: str, seconds: float, out: str) -> LoadResult:
+    """A LoadResult from wrk's ``--latency`` output (and a script's "status" lines)."""
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
     if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
@@ -216,8 +274,9 @@ def _wrk(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
     ):
         errors += sum(int(n) for n in match.groups())
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # the "Latency Distribution" lines (not a "+/- Stdev" figure such as 93.99%)
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, flags=re.MULTILINE).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, flags=re.MULTILINE).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     # A script's done() may report answers as "status <label>: <count>" lines (one per thread).
     statuses: Counter[str] = Counter()
@@ -226,7 +285,7 @@ def _wrk(
     return LoadResult(name, url, requests, errors, seconds, rps, p50, p99, "wrk", dict(statuses))
 
 
-def _status_label(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> str:
+def status_label(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> str:
     if headers is not None and headers.get("Idempotent-Replayed"):
         return f"{status} replayed"  # a repeated Idempotency-Key: no new effect
     if 200 <= status < 300:
@@ -244,10 +303,10 @@ Labeller = Callable[[int, bytes, Mapping[str, str] | None], str]
 def _python_load(
     name: str,
     url: str,
-    seconds: int,
+    seconds: float,
     connections: int,
-    make_request: Callable[[], urllib.request.Request] | None = None,
-    label: Labeller = _status_label,
+    make_request: Callable[[], urllib.request.Request | None] | None = None,
+    label: Labeller = status_label,
 ) -> LoadResult:
     latencies: list[float] = []
     errors = 0
@@ -259,6 +318,8 @@ def _python_load(
         nonlocal errors
         while time.monotonic() < stop:
             request = make_request() if make_request else url
+            if request is None:  # a finite list of requests is used up
+                break
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
@@ -310,7 +371,7 @@ def load(
     script: Path | None = None,
     warmup_script: Path | None = None,
     make_request: Callable[[], urllib.request.Request] | None = None,
-    label: Labeller = _status_label,
+    label: Labeller = status_label,
 ) -> LoadResult:
     """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed.
 
@@ -328,6 +389,47 @@ def load(
         raise SystemExit(f"{name}: wrk is not installed and no Python fallback was given")
     _python_load(name, url, WARMUP_SECONDS, connections, make_request, label)
     return _python_load(name, url, seconds, connections, make_request, label)
+
+
+# A wrk script sending a finite list prints this line (and flushes) once its last answer is in.
+LIST_DONE = "bench: list done"
+
+
+def run_list(
+    name: str,
+    url: str,
+    *,
+    script: Path,
+    make_request: Callable[[], urllib.request.Request | None],
+    label: Labeller = status_label,
+    connections: int = 8,
+    limit: int = 600,
+) -> tuple[LoadResult, str]:
+    """Send a finite list of requests, each once, without a warm-up (e.g. a sale, which happens
+    once); returns the result and wrk's output ("" from the Python fallback).
+
+    Under wrk, ``script`` walks the list and prints LIST_DONE when it is through; wrk is then
+    interrupted, so its run time and rate are the list's (and answers up to 30 s are timed,
+    not dropped). The Python fallback sends what ``make_request`` returns until it returns
+    None. Either gives up after ``limit`` seconds.
+    """
+    if not shutil.which("wrk"):
+        return _python_load(name, url, limit, connections, make_request, label), ""
+    began = time.monotonic()
+    process = subprocess.Popen(
+        ["wrk", "-t1", f"-c{connections}", f"-d{limit}s", "--timeout", "30s", "--latency",
+         "-s", str(script), url],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.strip() == LIST_DONE:
+            process.send_signal(signal.SIGINT)  # wrk prints its summary and exits
+    if process.wait() != 0:
+        raise SystemExit(f"{name}: wrk failed (exit {process.returncode}):\n{''.join(lines)}")
+    out = "".join(lines)
+    return wrk_parse(name, url, time.monotonic() - began, out), out
 
 
 def threaded_load(
