@@ -26,6 +26,18 @@ class ShopConfig(AppConfig):
 
             metrics.mark_process_dead(pid or os.getpid())
 
+        # A worker keeps its database connections between tasks (CELERY_DB_REUSE_MAX); around
+        # each task they are tidied as Django tidies them around a request: closed if broken,
+        # left in a transaction or older than DB_CONN_MAX_AGE. Not for an eager task, which runs
+        # inside the caller's request or transaction.
+        def connections_tidy(task: Any = None, **_: Any) -> None:
+            if not getattr(getattr(task, "request", None), "is_eager", False):
+                from django.db import close_old_connections
+
+                close_old_connections()
+
+        task_prerun.connect(connections_tidy, weak=False, dispatch_uid="shop-db-task-prerun")
+        task_postrun.connect(connections_tidy, weak=False, dispatch_uid="shop-db-task-postrun")
         task_prerun.connect(started, weak=False, dispatch_uid="shop-metrics-task-prerun")
         task_postrun.connect(finished, weak=False, dispatch_uid="shop-metrics-task-postrun")
         worker_process_shutdown.connect(
