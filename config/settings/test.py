@@ -28,5 +28,8 @@ for _alias, _db in DATABASES.items():  # noqa: F405
 # Tests change rate limits and switches through shop.runtime.runtime_refresh(); otherwise the
 # defaults stay in force (no surprise queries in query-count tests).
 RUNTIME_CONFIG_TTL = 3600
+# Tests delete tokens and deactivate users and expect the next request to see it;
+# tests/users/test_token_cache.py turns the cache on where it is the subject.
+AUTH_TOKEN_CACHE_TTL = 0
 # Every scrape reads the live state afresh (tests change it between scrapes).
 METRICS_LIVE_TTL = 0
