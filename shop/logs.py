@@ -207,6 +207,18 @@ class LogContextFilter(logging.Filter):
 _filter = LogContextFilter()
 
 
+# Answers a sale gives by the thousand every second and the metrics count already (sold out,
+# over the limit, rate limited): Django would log each as a WARNING on django.request.
+EXPECTED_REFUSALS = frozenset({409, 429})
+
+
+class ExpectedRefusalFilter(logging.Filter):
+    """Drops django.request's warning for an expected refusal (EXPECTED_REFUSALS)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "status_code", None) not in EXPECTED_REFUSALS
+
+
 def record_ids(record: logging.LogRecord) -> dict[str, str]:
     """The ids of ``record`` (from the filter, or the current context if none ran)."""
     _filter.filter(record)

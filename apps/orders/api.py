@@ -90,11 +90,12 @@ class OrderCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         items = serializer.validated_data["items"]
         flash_sku = flash.flash_sku_in(items)
+        if flash_sku is not None:  # the gate decides; None: Redis is down, the database does
+            queued = _queued_checkout(request, user_id=user_id, items=items, flash_sku=flash_sku)
+            return queued or _direct_checkout(request, user_id=user_id, items=items)
         with flash.checkout_in_flight() as load:
-            if flash_sku is not None or load.busy:
-                queued = _queued_checkout(
-                    request, user_id=user_id, items=items, flash_sku=flash_sku
-                )
+            if load.busy:
+                queued = _queued_checkout(request, user_id=user_id, items=items, flash_sku=None)
                 if queued is not None:
                     return queued
             return _direct_checkout(request, user_id=user_id, items=items)
