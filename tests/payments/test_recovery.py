@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from django.utils import timezone
@@ -36,6 +37,10 @@ def test_a_process_killed_between_try_and_confirm_is_finished_by_recovery(
     try:
         tcc = wait_for(lambda: TccTransaction.objects.filter(order_id=order.id).first(), timeout=30)
         wait_for(lambda: TccBranch.objects.filter(transaction=tcc, branch="channel:alpha").exists())
+        # The branch row is written just before the call to the bank; the bank holds the call
+        # for 4 s, so one second from now it has surely arrived (the bank shows a payment only
+        # once its latency has passed, so there is nothing to poll for).
+        time.sleep(1)
         # When it is killed before it could confirm
         os.killpg(payer.pid, signal.SIGKILL)
         payer.wait(timeout=10)
