@@ -8,7 +8,9 @@ For a SKU on flash sale the gate keeps four counters (each with a TTL):
 * ``seq``       — the arrival order, which the queue follows.
 
 An attempt is admitted (units taken, buyer counted, a place in line given) or refused at once
-— sold out, over the buyer's limit, queue full — without touching the database. The database
+— sold out, over the buyer's limit, queue full — without touching the database. Its
+idempotency key is remembered with the outcome (a "queue full" excepted: that one says "try
+again"), so a retry under the same key gets the same answer. The database
 reservation made when the ticket is processed stays the truth: the gate can only refuse too
 early (a lost sale), never admit more than the database will reserve. If the counters are
 missing (Redis restarted or flushed mid-sale) they are rebuilt from the database — stock, held
@@ -43,15 +45,25 @@ local function count(outcome)
   redis.call('HINCRBY', KEYS[6], outcome .. '@' .. minute, 1)
   redis.call('EXPIRE', KEYS[6], ARGV[5])
 end
+-- A refusal is remembered under the attempt's key too: the same key, the same answer.
+local function refuse(outcome, value)
+  count(outcome)
+  redis.call('SET', KEYS[5], outcome, 'EX', ARGV[5])
+  return {outcome, value}
+end
 local replay = redis.call('GET', KEYS[5])
-if replay then return {'replay', replay} end
+if replay then
+  if tonumber(replay) then return {'replay', replay} end
+  count(replay)
+  return {replay, ''}
+end
 local remaining = redis.call('GET', KEYS[1])
 if not remaining then return {'rebuild', ''} end
 local qty = tonumber(ARGV[2])
-if tonumber(remaining) < qty then count('sold_out'); return {'sold_out', remaining} end
+if tonumber(remaining) < qty then return refuse('sold_out', remaining) end
 local limit = tonumber(ARGV[3])
 local had = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if limit > 0 and had + qty > limit then count('limit'); return {'limit', tostring(had)} end
+if limit > 0 and had + qty > limit then return refuse('limit', tostring(had)) end
 local queued = tonumber(redis.call('GET', KEYS[3]) or '0')
 if queued >= tonumber(ARGV[4]) then count('busy'); return {'busy', tostring(queued)} end
 count('admitted')
@@ -65,8 +77,10 @@ for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
 return {'admitted', tostring(seq)}
 """
 
-# KEYS: remaining, users, queued; ARGV: user id, quantity to give back, 1 if still queued
+# KEYS: remaining, users, queued[, idempotency marker to forget]
+# ARGV: user id, quantity to give back, 1 if still queued
 _GIVE_BACK = """
+if KEYS[4] then redis.call('DEL', KEYS[4]) end
 if not redis.call('GET', KEYS[1]) then return 0 end
 local qty = tonumber(ARGV[2])
 if qty > 0 then
@@ -108,6 +122,10 @@ def _client():
     return get_redis_connection("default")
 
 
+def _marker(sku_id: int, user_id: int, idempotency_key: str) -> str:
+    return cache.make_key(f"gate:idem:{sku_id}:{user_id}:{idempotency_key}")
+
+
 def gate_admit(
     *,
     sku_id: int,
@@ -118,39 +136,49 @@ def gate_admit(
     truth: Callable[[], dict[str, Any] | None],
 ) -> Admission:
     """Try to admit one checkout attempt. ``truth()`` gives the counters as the database sees
-    them, for a rebuild. Raises GateUnavailable when Redis cannot be used."""
+    them, for a rebuild. While another process rebuilds them the answer is ``busy`` (try again
+    shortly), never a pass to the database. Raises GateUnavailable when Redis cannot be used
+    or the SKU is no longer on sale."""
     client = _client()
-    marker = cache.make_key(f"gate:idem:{sku_id}:{user_id}:{idempotency_key}")
-    keys = [*_keys(sku_id), marker, _stats_key(sku_id)]
+    keys = [*_keys(sku_id), _marker(sku_id, user_id, idempotency_key), _stats_key(sku_id)]
     args = [user_id, quantity, per_user_limit or 0, settings.CHECKOUT_QUEUE_BOUND,
             settings.FLASH_SALE_COUNTER_TTL]  # fmt: skip
     try:
         script = client.register_script(_ADMIT)
         outcome, value = script(keys=keys, args=args)
         if outcome == b"rebuild":
-            gate_rebuild(sku_id=sku_id, truth=truth)
+            if not gate_rebuild(sku_id=sku_id, truth=truth):
+                return Admission("busy")
             outcome, value = script(keys=keys, args=args)
     except CACHE_BACKEND_ERRORS as exc:
         raise GateUnavailable(str(exc)) from exc
     outcome = outcome.decode()
     if outcome == "rebuild":
-        raise GateUnavailable("the gate's counters could not be rebuilt")
+        raise GateUnavailable("the SKU is no longer on sale")
     return Admission(outcome, int(value) if outcome in ("admitted", "replay") else 0)
 
 
-def gate_give_back(*, sku_id: int, user_id: int, quantity: int, was_queued: bool) -> None:
+def gate_give_back(
+    *,
+    sku_id: int,
+    user_id: int,
+    quantity: int,
+    was_queued: bool,
+    idempotency_key: str | None = None,
+) -> None:
     """Return units to the gate (an admitted attempt that will not become an order for a
-    reason other than the stock) and/or leave the queue. Best effort: a failure only makes
-    the gate stricter until the repair job or a rebuild corrects it."""
+    reason other than the stock) and/or leave the queue. With ``idempotency_key`` the attempt
+    is forgotten too (its ticket was never written), so a retry with that key is admitted
+    afresh rather than replayed. Best effort: a failure only makes the gate stricter until the
+    repair job or a rebuild corrects it."""
+    keys = _keys(sku_id)[:3]
+    if idempotency_key is not None:
+        keys.append(_marker(sku_id, user_id, idempotency_key))
     try:
         script = _client().register_script(_GIVE_BACK)
-        script(keys=_keys(sku_id)[:3], args=[user_id, quantity, 1 if was_queued else 0])
+        script(keys=keys, args=[user_id, quantity, 1 if was_queued else 0])
     except (GateUnavailable, *CACHE_BACKEND_ERRORS) as exc:
         logger.warning("gate of SKU %s not given back %s units: %s", sku_id, quantity, exc)
-
-
-def gate_leave_queue(*, sku_id: int) -> None:
-    gate_give_back(sku_id=sku_id, user_id=0, quantity=0, was_queued=True)
 
 
 @dataclass(frozen=True)
@@ -226,22 +254,35 @@ def gate_load(*, sku_id: int, remaining: int, users: dict[int, int], queued: int
     pipe.execute()
 
 
-def gate_rebuild(*, sku_id: int, truth: Callable[[], dict[str, Any] | None]) -> None:
+def gate_rebuild(*, sku_id: int, truth: Callable[[], dict[str, Any] | None]) -> bool:
     """Rebuild the counters from ``truth()`` (the database's view) under a lock: one process
-    does it; the others find the counters back when they retry."""
+    does it; the others find the counters back when they retry. False while another process
+    holds the lock (nobody may be admitted until it is done)."""
     lock = OwnedLock(f"gate-rebuild:{sku_id}", ttl=30)
     if not lock.acquire():
-        return
+        return False
     try:
         if _client().exists(_keys(sku_id)[0]):
-            return  # another process rebuilt it first
+            return True  # another process rebuilt it first
         counters = truth()
         if counters is None:
-            return  # not on sale: nothing to admit
+            return True  # not on sale: nothing to admit
         gate_load(sku_id=sku_id, **counters)
         logger.warning("gate of SKU %s rebuilt from the database: %s", sku_id, counters)
+        return True
     finally:
         lock.release()
+
+
+def gate_idle_since_last_check(*, sku_id: int, seq: int) -> bool:
+    """Whether the arrival seq is the one the previous check saw (no admission in between);
+    remembers this one for the next check."""
+    try:
+        key = cache.make_key(f"gate:{sku_id}:checked-seq")
+        previous = _client().set(key, seq, ex=settings.FLASH_SALE_COUNTER_TTL, get=True)
+    except (GateUnavailable, *CACHE_BACKEND_ERRORS):
+        return False
+    return previous is not None and int(previous) == seq
 
 
 def gate_clear(*, sku_id: int) -> None:

@@ -11,12 +11,10 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from apps.inventory.exceptions import OutOfStock
-from apps.inventory.gate import GateUnavailable, gate_give_back
 from apps.orders import flash, selectors, services
-from apps.orders.exceptions import OrderNotFound, PurchaseLimitExceeded
+from apps.orders.exceptions import OrderNotFound
 from apps.orders.models import CheckoutTicket, Order
-from shop.errors import NotFound, ServiceUnavailable
+from shop.errors import NotFound
 from shop.idempotency import HEADER, Replay, idempotent_request, validate_key
 from shop.sharding import shard_for_user
 
@@ -95,9 +93,7 @@ class OrderCreateApi(APIView):
             return queued or _direct_checkout(request, user_id=user_id, items=items)
         with flash.checkout_in_flight() as load:
             if load.busy:
-                queued = _queued_checkout(request, user_id=user_id, items=items, flash_sku=None)
-                if queued is not None:
-                    return queued
+                return _queued_checkout(request, user_id=user_id, items=items, flash_sku=None)
             return _direct_checkout(request, user_id=user_id, items=items)
 
 
@@ -135,46 +131,33 @@ def _queued_checkout(
     """Admit the checkout into the queue (202 with a ticket), or refuse it at once. None when
     the gate cannot be used (Redis down): the caller takes the plain database path."""
     key = request.headers.get(HEADER)
-    admitted, seq, quantity = False, 0, 0
+    quantity = flash.flash_quantity(items, flash_sku)
+    admission = None
     if flash_sku is not None:
-        quantity = sum(item["quantity"] for item in items if item["sku"] == flash_sku.code)
-        try:
-            admission = flash.flash_admit(
-                flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=key
-            )
-        except GateUnavailable:
+        admission = flash.flash_pass(
+            flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=key
+        )
+        if admission is None:
             return None
-        if admission.outcome == "sold_out":
-            raise OutOfStock(extra={"sku": flash_sku.code})
-        if admission.outcome == "limit":
-            raise PurchaseLimitExceeded(
-                f"At most {flash_sku.per_user_limit} per buyer.",
-                extra={"sku": flash_sku.code, "limit": flash_sku.per_user_limit},
-            )
-        if admission.outcome == "busy":
-            raise ServiceUnavailable("The queue for this sale is full; try again shortly.")
-        admitted, seq = admission.outcome == "admitted", admission.seq
+    with (
+        flash.gate_hold(admission, flash=flash_sku, user_id=user_id, quantity=quantity,
+                        idempotency_key=key) as hold,
+        idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim,
+    ):  # fmt: skip
+        if isinstance(claim, Replay):  # admitted twice: the first ticket stands
+            return claim.response()
+        body: dict[str, Any] = {}
 
-    created = False
-    try:
-        with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
-            if isinstance(claim, Replay):
-                return claim.response()
-            body: dict[str, Any] = {}
+        def record(ticket: CheckoutTicket) -> None:  # inside the ticket's transaction
+            body.update(ticket_body(ticket, request))
+            claim.complete(status=202, body=body)
 
-            def record(ticket: CheckoutTicket) -> None:  # inside the ticket's transaction
-                body.update(ticket_body(ticket, request))
-                claim.complete(status=202, body=body)
-
-            flash.ticket_create(
-                user_id=user_id, items=items, flash=flash_sku, seq=seq, on_created=record
-            )
-            created = True
-            return Response(body, status=202)
-    finally:
-        if admitted and not created:  # admitted twice, or the ticket could not be written
-            gate_give_back(sku_id=flash_sku.sku_id, user_id=user_id, quantity=quantity,
-                           was_queued=True)  # fmt: skip
+        flash.ticket_create(
+            user_id=user_id, items=items, flash=flash_sku,
+            seq=admission.seq if admission else 0, on_created=record,
+        )  # fmt: skip
+        hold.keep()
+        return Response(body, status=202)
 
 
 class CheckoutTicketDetailApi(APIView):

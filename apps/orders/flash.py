@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from apps.inventory.gate import (
     GateUnavailable,
     gate_admit,
     gate_give_back,
+    gate_idle_since_last_check,
     gate_load,
     gate_state,
     gate_stats,
@@ -47,6 +48,7 @@ from apps.orders.metrics import checkout_observed
 from apps.orders.models import CheckoutTicket, Order, OrderLine
 from shop.alerts import alert_raise
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
+from shop.errors import ServiceUnavailable
 from shop.locks import cache_is_redis
 from shop.outbox import outbox_enqueue
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
@@ -176,16 +178,25 @@ def flash_sale_end(*, sku_id: int) -> None:
 
 
 def flash_sale_repair(*, sku_id: int) -> bool:
-    """Correct the gate from the database when the sale is quiet (nothing queued on either
-    side), so counters that drifted (a lost give-back, a crash) heal. Returns True if it
-    changed anything. While tickets are in flight the two views legitimately differ."""
+    """Correct the gate from the database when the sale is quiet, so counters that drifted (a
+    lost give-back, a crash) heal. Returns True if it changed anything.
+
+    Quiet: no ticket queued in the database, and none in the gate either — or the gate's
+    queue count has outlived a whole repair interval without a single admission (same arrival
+    seq as the last check), which only a lost give-back explains: an admitted attempt writes
+    its ticket within the request. While tickets are in flight the two views legitimately
+    differ."""
     state = gate_state(sku_id=sku_id)
     truth = flash_sale_truth(sku_id=sku_id)
-    if state is None or truth is None or state.queued or truth["queued"]:
+    if state is None or truth is None or truth["queued"]:
         return False
-    if state.remaining == truth["remaining"] and state.users == {
-        k: v for k, v in truth["users"].items() if v > 0
-    }:
+    if state.queued and not gate_idle_since_last_check(sku_id=sku_id, seq=state.seq):
+        return False
+    if (
+        not state.queued
+        and state.remaining == truth["remaining"]
+        and state.users == {k: v for k, v in truth["users"].items() if v > 0}
+    ):
         return False
     gate_load(sku_id=sku_id, **{**truth, "seq": max(truth["seq"], state.seq)})
     logger.warning("gate of SKU %s repaired: %s → %s", sku_id, state, truth)
@@ -270,6 +281,66 @@ GATE_REFUSALS = {
 }
 
 
+def flash_quantity(items: Sequence[dict[str, Any]], flash: FlashSku | None) -> int:
+    """Units of the flash-sale SKU among ``items`` (0 without one)."""
+    return sum(item["quantity"] for item in items if flash and item["sku"] == flash.code)
+
+
+def flash_pass(
+    *, flash: FlashSku, user_id: int, quantity: int, idempotency_key: str
+) -> Admission | None:
+    """One checkout attempt at the gate, for the API and the storefront alike: the admission
+    (``admitted``, or ``replay`` of an attempt admitted before under this key), or the refusal
+    raised as the error the buyer sees — OutOfStock, PurchaseLimitExceeded, or
+    ServiceUnavailable while the sale's queue is full or its counters are being rebuilt.
+    Nothing is written. None when the gate cannot be used (Redis down): take the database
+    path."""
+    try:
+        admission = flash_admit(
+            flash=flash, user_id=user_id, quantity=quantity, idempotency_key=idempotency_key
+        )
+    except GateUnavailable:
+        return None
+    if admission.outcome == "sold_out":
+        raise OutOfStock(extra={"sku": flash.code})
+    if admission.outcome == "limit":
+        raise PurchaseLimitExceeded(
+            f"At most {flash.per_user_limit} per buyer.",
+            extra={"sku": flash.code, "limit": flash.per_user_limit},
+        )
+    if admission.outcome == "busy":
+        raise ServiceUnavailable("The queue for this sale is full; try again shortly.")
+    return admission
+
+
+class _Hold:
+    kept = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+
+@contextlib.contextmanager
+def gate_hold(
+    admission: Admission | None,
+    *,
+    flash: FlashSku | None,
+    user_id: int,
+    quantity: int,
+    idempotency_key: str,
+) -> Iterator[_Hold]:
+    """Hold the units the gate admitted while the ticket is written: unless the block calls
+    ``keep()`` (its ticket is written), they go back to the gate and the attempt is forgotten,
+    so a retry under the same key is admitted afresh instead of replayed without units."""
+    hold = _Hold()
+    try:
+        yield hold
+    finally:
+        if admission is not None and admission.outcome == "admitted" and not hold.kept:
+            gate_give_back(sku_id=flash.sku_id, user_id=user_id, quantity=quantity,
+                           was_queued=True, idempotency_key=idempotency_key)  # fmt: skip
+
+
 def flash_admit(*, flash: FlashSku, user_id: int, quantity: int, idempotency_key: str) -> Admission:
     """One checkout attempt at a flash sale's gate (the hot-SKU rate limit first). Raises
     RateLimited, or GateUnavailable when Redis cannot be used (take the database path)."""
@@ -301,7 +372,7 @@ def ticket_create(
     """Queue a checkout: the ticket and its task (outbox) in one transaction on the buyer's
     shard."""
     alias = shard_for_user(user_id)
-    quantity = sum(item["quantity"] for item in items if flash and item["sku"] == flash.code)
+    quantity = flash_quantity(items, flash)
     with transaction.atomic(using=alias):
         ticket = CheckoutTicket.objects.using(alias).create(
             id=id_generate(alias=alias, logical=logical_shard_for_user(user_id)),
@@ -356,23 +427,47 @@ def ticket_process(*, ticket_id: int) -> str:
     except TicketDone:
         return CheckoutTicket.objects.using(alias).get(id=ticket.id).status
     except REJECTIONS as exc:
-        rejected = (
-            CheckoutTicket.objects.using(alias)
-            .filter(id=ticket.id, status=CheckoutTicket.Status.QUEUED)
-            .update(status=CheckoutTicket.Status.REJECTED, reject_code=exc.code,
-                    reject_detail=exc.message[:300], updated_at=timezone.now())
-        )  # fmt: skip
-        if rejected and ticket.gate_sku_id:
-            # Sold out in the database: the gate was merely optimistic, give nothing back.
-            # Any other refusal: the units were never the problem, return them.
-            units = 0 if isinstance(exc, OutOfStock) else ticket.gate_quantity
-            gate_give_back(sku_id=ticket.gate_sku_id, user_id=ticket.user_id, quantity=units,
-                           was_queued=True)  # fmt: skip
+        # The gate's SKU sold out in the database: the gate was merely optimistic, give
+        # nothing back. Any other refusal (another item sold out, a limit, an invalid cart):
+        # the gate's units were never the problem, return them.
+        gate_sold_out = (
+            isinstance(exc, OutOfStock) and exc.extra.get("sku_id") == ticket.gate_sku_id
+        )
+        ticket_reject(ticket, code=exc.code, detail=exc.message, units_back=not gate_sold_out)
         return CheckoutTicket.Status.REJECTED
     if ticket.gate_sku_id:
         gate_give_back(sku_id=ticket.gate_sku_id, user_id=ticket.user_id, quantity=0,
                        was_queued=True)  # fmt: skip
     return CheckoutTicket.Status.ACCEPTED
+
+
+def ticket_reject(ticket: CheckoutTicket, *, code: str, detail: str, units_back: bool) -> bool:
+    """End a queued ticket as rejected with its reason and leave the gate's queue (returning
+    its units when ``units_back``). False if it was settled meanwhile."""
+    rejected = (
+        CheckoutTicket.objects.using(shard_for_id(ticket.id))
+        .filter(id=ticket.id, status=CheckoutTicket.Status.QUEUED)
+        .update(status=CheckoutTicket.Status.REJECTED, reject_code=code,
+                reject_detail=detail[:300], updated_at=timezone.now())
+    )  # fmt: skip
+    if rejected and ticket.gate_sku_id:
+        units = ticket.gate_quantity if units_back else 0
+        gate_give_back(sku_id=ticket.gate_sku_id, user_id=ticket.user_id, quantity=units,
+                       was_queued=True)  # fmt: skip
+    return bool(rejected)
+
+
+def ticket_fail(*, ticket_id: int, error: BaseException) -> bool:
+    """End a ticket its task could not process (an unexpected error, retried and still
+    failing) as rejected with ``internal_error``: every ticket ends, none stays queued."""
+    ticket = CheckoutTicket.objects.using(shard_for_id(ticket_id)).get(id=ticket_id)
+    logger.error("checkout ticket %s rejected after an unexpected error: %r", ticket_id, error)
+    return ticket_reject(
+        ticket,
+        code="internal_error",
+        detail="We could not complete this checkout; nothing was reserved or charged.",
+        units_back=True,
+    )
 
 
 def ticket_get(*, ticket_id: int, user_id: int) -> CheckoutTicket | None:

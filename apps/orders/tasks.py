@@ -10,6 +10,9 @@ from django.db import DatabaseError
 
 from apps.orders import services
 
+# Attempts at a checkout ticket failing with an unexpected error before it is rejected.
+TICKET_MAX_RETRIES = 3
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,13 +73,20 @@ def orders_expire_sweep() -> dict:
     max_retries=None,
 )
 def checkout_ticket_process(self, ticket_id: str, message_id: str | None = None) -> str:
-    """A queued checkout becomes an order or a rejection. An outage is retried, never lost."""
+    """A queued checkout becomes an order or a rejection. An outage is retried, never lost;
+    an unexpected error is retried TICKET_MAX_RETRIES times, then ends the ticket as rejected
+    (``internal_error``) rather than leaving it queued."""
     from apps.orders import flash
 
     try:
         return flash.ticket_process(ticket_id=int(ticket_id))
     except DatabaseError as exc:
         raise self.retry(exc=exc, countdown=5) from exc
+    except Exception as exc:
+        if self.request.retries < TICKET_MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=5) from exc
+        flash.ticket_fail(ticket_id=int(ticket_id), error=exc)
+        return "rejected"
 
 
 @shared_task(name="apps.orders.tasks.flash_sales_repair", ignore_result=True)

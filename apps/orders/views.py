@@ -17,7 +17,6 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from apps.catalog.selectors import skus_for_checkout
-from apps.inventory.gate import GateUnavailable, gate_give_back
 from apps.inventory.selectors import stock_available_many
 from apps.orders import flash, selectors, services
 from apps.orders.cart import Cart
@@ -173,45 +172,36 @@ def checkout(request: HttpRequest) -> HttpResponse:
 def _checkout_queued(
     request: HttpRequest, claim: Any, cart: Cart, items: list, flash_sku: Any, key: str
 ) -> HttpResponse:
-    """A cart holding a flash-sale item joins that sale's queue (see apps.orders.flash)."""
+    """A cart holding a flash-sale item joins that sale's queue (see apps.orders.flash), as
+    the API's checkout does; without Redis it takes the plain database path."""
     user_id = request.user.id
-    quantity = sum(item["quantity"] for item in items if item["sku"] == flash_sku.code)
+    gate_key = f"storefront:{key}"
+    quantity = flash.flash_quantity(items, flash_sku)
     try:
-        admission = flash.flash_admit(
-            flash=flash_sku, user_id=user_id, quantity=quantity,
-            idempotency_key=f"storefront:{key}",
-        )  # fmt: skip
-    except GateUnavailable:
-        admission = None  # no Redis: the plain database path below
+        admission = flash.flash_pass(
+            flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=gate_key
+        )
+        with flash.gate_hold(admission, flash=flash_sku, user_id=user_id, quantity=quantity,
+                             idempotency_key=gate_key) as hold:  # fmt: skip
+            if admission is None:
+                order = services.order_place(
+                    user_id=user_id, items=items,
+                    on_created=lambda order: claim.complete(status=201, body={"id": str(order.id)}),
+                )  # fmt: skip
+                cart.clear()
+                return redirect("order-detail", order_id=order.id)
+            ticket = flash.ticket_create(
+                user_id=user_id, items=items, flash=flash_sku, seq=admission.seq,
+                on_created=lambda t: claim.complete(status=202, body={"ticket": str(t.id)}),
+            )  # fmt: skip
+            hold.keep()
     except ShopError as exc:
         claim.release()
         messages.error(request, exc.message)
         return redirect("cart")
-    if admission is None:
-        order = services.order_place(
-            user_id=user_id,
-            items=items,
-            on_created=lambda order: claim.complete(status=201, body={"id": str(order.id)}),
-        )
-        cart.clear()
-        return redirect("order-detail", order_id=order.id)
-    refusals = {
-        "sold_out": "Sorry — that item has just sold out.",
-        "limit": f"That is more than {flash_sku.per_user_limit} per customer.",
-        "busy": "The queue for this sale is full right now; please try again in a moment.",
-    }
-    if admission.outcome in refusals:
-        claim.release()
-        messages.error(request, refusals[admission.outcome])
-        return redirect("cart")
-    try:
-        ticket = flash.ticket_create(
-            user_id=user_id, items=items, flash=flash_sku, seq=admission.seq,
-            on_created=lambda t: claim.complete(status=202, body={"ticket": str(t.id)}),
-        )  # fmt: skip
     except BaseException:
-        gate_give_back(sku_id=flash_sku.sku_id, user_id=user_id, quantity=quantity,
-                       was_queued=True)  # fmt: skip
+        with contextlib.suppress(DatabaseError):
+            claim.release()
         raise
     cart.clear()
     return redirect("checkout-ticket", ticket_id=ticket.id)
