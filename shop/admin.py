@@ -13,11 +13,10 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from shop.adminkit import ReadOnlyAdmin
-from shop.cache import groups_bump
 from shop.errors import ShopError
 from shop.models import Alert, ManualReviewItem, RateLimitRule, Switch
 from shop.review import review_assign, review_resolve
-from shop.runtime import runtime_refresh
+from shop.runtime import runtime_refresh, switch_set
 
 
 class ManualReviewForm(forms.ModelForm):
@@ -108,8 +107,21 @@ class RateLimitRuleAdmin(admin.ModelAdmin):
         runtime_refresh()
 
 
+class SwitchForm(forms.ModelForm):
+    class Meta:
+        model = Switch
+        fields = ["name", "on", "note"]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if name not in settings.SWITCHES:
+            raise forms.ValidationError(f"Known switches: {', '.join(sorted(settings.SWITCHES))}.")
+        return name
+
+
 @admin.register(Switch)
 class SwitchAdmin(admin.ModelAdmin):
+    form = SwitchForm
     list_display = ["name", "on", "description", "note", "updated_at"]
     list_editable = ["on", "note"]
 
@@ -118,10 +130,7 @@ class SwitchAdmin(admin.ModelAdmin):
         return settings.SWITCHES.get(switch.name, "(unknown switch)")
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        runtime_refresh()
-        # Shared pages were built under the old switches: retire them.
-        groups_bump(settings.PAGE_CACHE_GROUPS)
+        switch_set(name=obj.name, on=obj.on, note=obj.note)  # every process, pages retired
 
 
 @admin.register(Alert)

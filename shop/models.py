@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -228,15 +229,29 @@ class RateLimitRule(models.Model):
     defaults). Read through shop.runtime, so a change applies within RUNTIME_CONFIG_TTL
     seconds in every process, without a restart."""
 
+    # Every request is checked against these: a zero would make the limiter refuse to run
+    # (shop.ratelimit.Limit), so the form and the database refuse it first.
     name = models.SlugField(max_length=40, unique=True)
-    rate = models.PositiveIntegerField(help_text="Requests allowed per period.")
-    period_seconds = models.FloatField(help_text="The period, in seconds.")
-    burst = models.PositiveIntegerField(default=1, help_text="Requests allowed back to back.")
+    rate = models.PositiveIntegerField(
+        validators=[MinValueValidator(1)], help_text="Requests allowed per period."
+    )
+    period_seconds = models.FloatField(
+        validators=[MinValueValidator(0.001)], help_text="The period, in seconds."
+    )
+    burst = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="Requests allowed back to back."
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(rate__gte=1, burst__gte=1, period_seconds__gt=0),
+                name="shop_ratelimitrule_usable",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name}: {self.rate}/{self.period_seconds:g}s"

@@ -43,7 +43,12 @@ class _Snapshot:
         now = time.monotonic()
         if not force and now - self.loaded_at < settings.RUNTIME_CONFIG_TTL:
             return
-        with self._lock:
+        # One thread reads the database; the others keep answering with the last snapshot
+        # meanwhile instead of queueing behind it (a slow or unreachable `default` would
+        # otherwise stall the whole process). The very first load and a forced one wait.
+        if not self._lock.acquire(blocking=force or not self.rules):
+            return
+        try:
             if not force and now - self.loaded_at < settings.RUNTIME_CONFIG_TTL:
                 return
             from shop.models import RateLimitRule, Switch
@@ -61,6 +66,8 @@ class _Snapshot:
                     self.loaded_at = now
                     return
             self.rules, self.switches, self.loaded_at = rules, switches, now
+        finally:
+            self._lock.release()
 
 
 _snapshot = _Snapshot()

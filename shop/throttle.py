@@ -147,13 +147,21 @@ class ThrottleMiddleware:
             if write:
                 if match and match.url_name in LOGIN_ROUTES:
                     _login_checks(request)
-                else:
+                elif _view_option(view, "client_write_limit", True):
                     _fixed_window(
                         request, "user_writes", lambda g, r: client_identity(r), fail=fail
                     )
         except ShopError as exc:
             return render_error(request, exc)
         return None
+
+
+def _view_option(view: Any, name: str, default: Any) -> Any:
+    """A view's own throttling policy, set as an attribute of the view function or of its
+    class (DRF's ``as_view()`` keeps the class as ``view.cls``): the app decides, not this
+    module. ``client_write_limit = False``: not counted under ``user_writes`` (e.g. a bank's
+    signed webhooks, which all come from the bank's few addresses)."""
+    return getattr(view, name, getattr(getattr(view, "cls", None), name, default))
 
 
 def _read_only_exempt(request: HttpRequest, match: Any) -> bool:

@@ -3,11 +3,14 @@ routes fail open, payment routes fail closed; rules change at run time."""
 
 from __future__ import annotations
 
-import pytest
+import threading
 
-from shop.models import RateLimitRule
+import pytest
+from django.db import IntegrityError, transaction
+
+from shop.models import RateLimitRule, Switch
 from shop.ratelimit import gcra_reset
-from shop.runtime import runtime_refresh
+from shop.runtime import limit_rule, runtime_refresh, switch_on
 from tests.factories.users import UserFactory
 from tests.orders.conftest import api_client, new_key
 from tests.shop.test_cache_redis_down import DEAD_REDIS
@@ -102,3 +105,54 @@ def test_with_redis_down_the_catalog_fails_open_and_payments_fail_closed(client,
         assert payment.status_code == 503
         assert payment.json()["code"] == "service_unavailable"
         assert payment["Retry-After"]
+
+
+def test_a_banks_signed_webhooks_are_not_counted_as_one_clients_writes(client):
+    _rule("user_writes", 2, 600)
+    statuses = [
+        client.post(
+            "/api/v1/payments/webhooks/alpha/", b"{}", content_type="application/json"
+        ).status_code
+        for _ in range(4)
+    ]
+    assert 429 not in statuses  # unsigned, so each is refused by the view itself, not throttled
+    assert len(set(statuses)) == 1
+
+
+def test_an_unusable_rule_is_refused_by_the_form_and_the_database(admin_client):
+    form = {"name": "system", "rate": 0, "period_seconds": 0, "burst": 0, "enabled": "on"}
+    response = admin_client.post("/admin/shop/ratelimitrule/add/", form)
+    assert response.status_code == 200  # the form again, with its errors
+    assert not RateLimitRule.objects.filter(name="system").exists()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RateLimitRule.objects.create(name="system", rate=0, period_seconds=1, burst=1)
+    runtime_refresh()
+    assert admin_client.get("/api/v1/categories/").status_code == 200
+
+
+def test_a_switch_set_in_the_admin_applies_at_once_and_unknown_names_are_refused(admin_client):
+    switch = Switch.objects.get(name="read_only")
+    changed = admin_client.post(
+        f"/admin/shop/switch/{switch.pk}/change/", {"name": "read_only", "on": "on", "note": "x"}
+    )
+    assert changed.status_code == 302
+    assert switch_on("read_only")  # this process refreshed, shared pages retired
+    write = admin_client.post("/api/v1/orders/", {}, content_type="application/json")
+    assert write.status_code == 503
+    unknown = admin_client.post("/admin/shop/switch/add/", {"name": "no_such", "on": "on"})
+    assert unknown.status_code == 200
+    assert not Switch.objects.filter(name="no_such").exists()
+
+
+def test_a_slow_refresh_does_not_hold_up_other_threads():
+    from shop import runtime
+
+    runtime_refresh()
+    runtime._snapshot.loaded_at = float("-inf")  # a refresh is due
+    assert runtime._snapshot._lock.acquire()  # another thread is reading the database
+    try:
+        done = threading.Event()
+        threading.Thread(target=lambda: (limit_rule("system"), done.set()), daemon=True).start()
+        assert done.wait(5)  # answered from the last snapshot, without waiting
+    finally:
+        runtime._snapshot._lock.release()
