@@ -106,6 +106,52 @@ def cache_call(operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) 
         raise CacheUnavailable(operation) from exc
 
 
+#: At most one "Redis unreachable" warning per process and subsystem per this many seconds.
+FALLBACK_WARNING_INTERVAL = 60.0
+
+
+class FallbackWarning:
+    """Says, at most once per process per FALLBACK_WARNING_INTERVAL, that a state shared
+    through Redis is out of reach and this process is using its own: ``"<what> <name>: Redis
+    unreachable (<cause>); <consequence>"`` on ``logger``."""
+
+    def __init__(self, logger: logging.Logger, what: str, consequence: str) -> None:
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self.logger, self.what, self.consequence = logger, what, consequence
+
+    def warn(self, name: str, exc: BaseException | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < FALLBACK_WARNING_INTERVAL:
+                return
+            self._last = now
+        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "marked down recently"
+        self.logger.warning(
+            "%s %r: Redis unreachable (%s); %s", self.what, name, cause, self.consequence
+        )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last = None
+
+
+def cache_shared(
+    operation: str, fallback: FallbackWarning, name: str, fn: Callable[..., T], *args: Any
+) -> T | None:
+    """``fn(*args)`` on the shared Redis state (through cache_call); None when Redis cannot be
+    reached now or was marked down recently — the caller then uses this process's own state,
+    and ``fallback`` says so (rate-limited)."""
+    if cache_available():
+        try:
+            return cache_call(operation, fn, *args)
+        except CacheUnavailable as exc:
+            fallback.warn(name, exc.__cause__)
+            return None
+    fallback.warn(name, None)
+    return None
+
+
 def jittered_ttl(ttl: float) -> int:
     """``ttl`` seconds spread uniformly over ±CACHE_TTL_JITTER, at least 1."""
     spread = settings.CACHE_TTL_JITTER

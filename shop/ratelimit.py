@@ -62,9 +62,8 @@ from django.core.cache import cache
 from django_redis import get_redis_connection
 from prometheus_client import Counter
 
-from shop.cache import CacheUnavailable, cache_available, cache_call
+from shop.cache import FallbackWarning, cache_call, cache_shared
 from shop.locks import cache_is_redis
-from shop.resilience import FALLBACK_WARNING_INTERVAL
 
 logger = logging.getLogger(__name__)
 
@@ -271,33 +270,12 @@ class PerProcessLimiter:
 per_process_limiter = PerProcessLimiter()
 
 
-class _UnreachableWarning:
-    """Rate limit for the "Redis unreachable" warning: once per process per interval."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: float | None = None
-
-    def warn(self, key: str, exc: BaseException | None) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._last is not None and now - self._last < FALLBACK_WARNING_INTERVAL:
-                return
-            self._last = now
-        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "marked down recently"
-        logger.warning(
-            "rate limit %r: Redis unreachable (%s); fail-open limits are enforced per process "
-            "(not shared with other processes), fail-closed limits refuse",
-            key,
-            cause,
-        )
-
-    def reset(self) -> None:
-        with self._lock:
-            self._last = None
-
-
-_unreachable_warning = _UnreachableWarning()
+_unreachable_warning = FallbackWarning(
+    logger,
+    "rate limit",
+    "fail-open limits are enforced per process (not shared with other processes), fail-closed "
+    "limits refuse",
+)
 
 
 def ratelimit_local_reset() -> None:
@@ -324,13 +302,9 @@ def _decide(
     now_us = None if now is None else round(now * _MICROS)
     step: _Step | None = None
     if cache_is_redis():
-        if cache_available():
-            try:
-                step = cache_call("ratelimit", _redis_check, _redis_key(key), params, now_us)
-            except CacheUnavailable as exc:
-                _unreachable_warning.warn(key, exc.__cause__)
-        else:
-            _unreachable_warning.warn(key, None)
+        step = cache_shared(
+            "ratelimit", _unreachable_warning, key, _redis_check, _redis_key(key), params, now_us
+        )
         if step is None and fail == "closed":
             decision = Decision(
                 allowed=False, retry_after=FAIL_CLOSED_RETRY_AFTER, remaining=0, degraded=True

@@ -61,7 +61,7 @@ from django.core.cache import cache
 from django_redis import get_redis_connection
 from prometheus_client import Counter, Gauge
 
-from shop.cache import CacheUnavailable, cache_available, cache_call
+from shop.cache import FallbackWarning, cache_shared
 from shop.locks import cache_is_redis
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 #: Seconds an untouched breaker hash lives in Redis (refreshed by every write).
 STATE_TTL = 24 * 3600
-#: At most one "Redis unreachable" warning per process per this many seconds.
-FALLBACK_WARNING_INTERVAL = 60.0
 
 BREAKER_STATE = Gauge(
     "shop_breaker_state",
@@ -458,33 +456,11 @@ class _LocalBreakers:
 _local = _LocalBreakers()
 
 
-class _FallbackWarning:
-    """Rate limit for the "Redis unreachable" warning: once per process per interval."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: float | None = None
-
-    def warn(self, name: str, exc: BaseException | None) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._last is not None and now - self._last < FALLBACK_WARNING_INTERVAL:
-                return
-            self._last = now
-        cause = f"{type(exc).__name__}: {exc}" if exc is not None else "marked down recently"
-        logger.warning(
-            "circuit breaker %r: Redis unreachable (%s); using this process's own breaker "
-            "state (not shared with other processes)",
-            name,
-            cause,
-        )
-
-    def reset(self) -> None:
-        with self._lock:
-            self._last = None
-
-
-_fallback_warning = _FallbackWarning()
+_fallback_warning = FallbackWarning(
+    logger,
+    "circuit breaker",
+    "using this process's own breaker state (not shared with other processes)",
+)
 
 
 def breakers_local_reset() -> None:
@@ -656,15 +632,10 @@ class CircuitBreaker:
         config = self._config()
         outcome: _Outcome | None = None
         if cache_is_redis():
-            if cache_available():
-                try:
-                    outcome = cache_call(
-                        "breaker", _redis_run, cache.make_key(self._key()), op, config, token, probe
-                    )
-                except CacheUnavailable as exc:
-                    _fallback_warning.warn(self.name, exc.__cause__)
-            else:
-                _fallback_warning.warn(self.name, None)
+            outcome = cache_shared(
+                "breaker", _fallback_warning, self.name,
+                _redis_run, cache.make_key(self._key()), op, config, token, probe,
+            )  # fmt: skip
         if outcome is None:
             outcome = _local.run(self._key(), op, config, token, probe)
         self._observe(op, outcome)
