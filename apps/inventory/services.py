@@ -63,13 +63,12 @@ def stock_reserve(
 
     Each SKU costs one conditional UPDATE (``available >= quantity``); no lock is held beyond
     this short local transaction. Raises OutOfStock naming the first SKU that ran short, and
-    then nothing is held. A repeated call for the same order returns its reservations.
+    then nothing is held. A repeated call for an order that holds its reservations returns
+    them, with no second hold (the one-line-per-SKU constraint decides; the caller, which
+    reserves under a fresh order id, does not pay a read for it on every checkout).
     """
     for _, quantity in items:
         _check_quantity(quantity)
-    existing = list(Reservation.objects.filter(order_id=order_id))
-    if existing:
-        return existing
     try:
         return _reserve(order_id=order_id, user_id=user_id, items=items, expires_at=expires_at)
     except IntegrityError:
