@@ -78,26 +78,26 @@ def client_identity(request: HttpRequest) -> str:
 
 
 def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> None:
+    """django-ratelimit's fixed window on the shared cache; while Redis is unreachable the
+    same rule applies through the GCRA layer's fallback (per process when failing open, 503
+    when failing closed), so logins are never unlimited during an outage."""
     rule = limit_rule(layer)
     if rule is None:
         return
-    if not cache_available():
-        if fail == "closed":
-            RATE_LIMITED.labels(layer).inc()
-            raise ServiceUnavailable()
-        return
-    try:
-        usage = get_usage(
-            request,
-            group=layer,
-            key=key,
-            rate=f"{rule.rate}/{max(1, round(rule.period))}s",
-            increment=True,
-        )
-    except CACHE_BACKEND_ERRORS as exc:
-        if fail == "closed":
-            RATE_LIMITED.labels(layer).inc()
-            raise ServiceUnavailable() from exc
+    shared = cache_available()
+    if shared:
+        try:
+            usage = get_usage(
+                request,
+                group=layer,
+                key=key,
+                rate=f"{rule.rate}/{max(1, round(rule.period))}s",
+                increment=True,
+            )
+        except CACHE_BACKEND_ERRORS:
+            shared = False
+    if not shared:
+        limit_check(layer, f"{layer}:{key(layer, request)}", fail=fail)
         return
     if usage and usage["should_limit"]:
         RATE_LIMITED.labels(layer).inc()

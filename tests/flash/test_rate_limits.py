@@ -156,3 +156,15 @@ def test_a_slow_refresh_does_not_hold_up_other_threads():
         assert done.wait(5)  # answered from the last snapshot, without waiting
     finally:
         runtime._snapshot._lock.release()
+
+
+def test_with_redis_down_login_throttling_still_holds_per_process(client, settings):
+    _rule("login", 3, 60)
+    UserFactory(username="target", password="right-password-1")
+    settings.CACHES = DEAD_REDIS
+    attempts = [
+        client.post("/api/v1/auth/token/", {"username": "target", "password": f"guess{i}"},
+                    content_type="application/json").status_code
+        for i in range(4)
+    ]  # fmt: skip
+    assert attempts == [400, 400, 400, 429]
