@@ -219,34 +219,46 @@ def _handle(discrepancy: Discrepancy, finding: Finding, channel: str) -> None:
         )
 
 
+# What the bank reports for a payment it never captured (apps/payments/sandbox/acquirer.py):
+# no record, an authorization never captured, a declined or a voided one. Only these prove our
+# capture did not happen; any other answer (captured, refunded, pending, none, a malformed body)
+# proves nothing, so it goes to an operator and no money moves.
+NOT_CAPTURED_STATUSES = frozenset({"not_found", "authorized", "declined", "voided"})
+
+
 def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str) -> None:
     """We booked a capture the bank's file lacks: ask the bank."""
     payment_id = int(finding.payment_id)
     try:
-        status = ChannelClient(channel).status(payment_id=payment_id).get("status")
+        answer = ChannelClient(channel).status(payment_id=payment_id)
     except ChannelError as exc:
         _escalate(
             discrepancy,
             f"capture {payment_id} missing from the file; the bank could not be asked ({exc})",
         )
         return
+    status = answer.get("status") if isinstance(answer, dict) else None
     if status in ("captured", "refunded"):
         _escalate(discrepancy, f"the bank confirms capture {payment_id} but its file omits it")
         return
+    if status not in NOT_CAPTURED_STATUSES:
+        _escalate(
+            discrepancy,
+            f"capture {payment_id} missing from the file; the bank's answer proves nothing "
+            f"({str(answer)[:120]}), so the ledger was left as it is",
+        )
+        return
     # The bank says no capture happened: our books are wrong. Correct them, tell operators.
     payment = payment_get(payment_id=payment_id)
-    fee = PaymentChannel.objects.get(code=channel).fee_for(finding.ours.amount)
-    card_capture_reversal(
-        channel=channel,
-        amount=finding.ours.amount,
-        fee=fee,
-        currency=finding.ours.currency,
-        reference=f"pay-{payment_id}",
+    reversed_now = card_capture_reversal(capture_reference=f"pay-{payment_id}")
+    correction = (
+        "the capture was reversed in the ledger"
+        if reversed_now
+        else "the ledger had no capture left to reverse (none posted, or reversed before)"
     )
     summary = (
-        f"the bank reports payment {payment_id} as {status}, never captured: the "
-        f"capture was reversed in the ledger; order {payment.order_id if payment else '?'}"
-        " needs a decision (collect again or cancel)"
+        f"the bank reports payment {payment_id} as {status}, never captured: {correction}; "
+        f"order {payment.order_id if payment else '?'} needs a decision (collect again or cancel)"
     )
     review_file(
         kind=REVIEW_KIND,
@@ -254,7 +266,7 @@ def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str
         summary=summary,
         details={"discrepancy": discrepancy.id, "bank_status": status},
     )
-    _resolve(discrepancy, f"ledger corrected (bank status {status}); operators told")
+    _resolve(discrepancy, f"{correction} (bank status {status}); operators told")
 
 
 def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
