@@ -59,8 +59,9 @@ def reconcile_day(
     *, channel: str, business_day: date, settlement: SettlementFile | None = None
 ) -> RunSummary:
     """Reconcile ``channel`` for ``business_day`` against ``settlement`` (default: the day's
-    file fetched from the acquirer now). Returns the finished run; a run whose file could not
-    be had is recorded as failed (and raises SettlementUnavailable)."""
+    file fetched from the acquirer now). Returns the finished run. A run that cannot finish is
+    recorded as failed with its error, and the error is re-raised: SettlementUnavailable when
+    the file could not be had, anything else as it came (a shard down, a bad bank answer)."""
     lock = OwnedLock(f"reconcile:{channel}:{business_day}", ttl=settings.RECONCILIATION_LOCK_TTL)
     if not _acquire(lock):
         raise SettlementUnavailable(f"{channel} {business_day} is being reconciled right now.")
@@ -88,10 +89,22 @@ def _release(lock: OwnedLock) -> None:
 def _run(channel: str, business_day: date, settlement: SettlementFile | None) -> RunSummary:
     run = ReconciliationRun.objects.create(channel=channel, business_day=business_day)
     try:
-        settlement = settlement or settlement_fetch(channel=channel, business_day=business_day)
-    except SettlementUnavailable as exc:
-        _finish(run, ReconciliationRun.Status.FAILED, error=str(exc))
+        opened = _reconcile(run, channel, business_day, settlement)
+    except Exception as exc:
+        # Whatever stopped the run (no file, a shard down, a bug), it must not stay "running".
+        _fail(run, exc)
         raise
+    if opened:
+        _alert_new_discrepancies(run, opened)
+    return RunSummary(run, sum(opened.values()))
+
+
+def _reconcile(
+    run: ReconciliationRun, channel: str, business_day: date, settlement: SettlementFile | None
+) -> dict[str, int]:
+    """Match, record and handle; finish ``run`` as completed. Returns the discrepancies first
+    seen in this run, per outcome."""
+    settlement = settlement or settlement_fetch(channel=channel, business_day=business_day)
     run.file = settlement
     run.save(update_fields=["file"])
     start, end = business_day_bounds(business_day)
@@ -100,7 +113,7 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
         for item in settled_items(channel=channel, start=start, end=end)
     )
     tally = Tally()
-    opened: dict[str, int] = {}  # new discrepancies (first seen in this run) per outcome
+    opened: dict[str, int] = {}
     for finding in match(ours, bank_groups(settlement), tally):
         if finding.outcome == Outcome.MATCHED:
             tally.matched += 1
@@ -119,9 +132,19 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
     run.matched_count, run.discrepancies = tally.matched, tally.by_outcome
     run.unmatched_amount = tally.unmatched_amount
     _finish(run, ReconciliationRun.Status.COMPLETED)
-    if opened:
-        _alert_new_discrepancies(run, opened)
-    return RunSummary(run, sum(opened.values()))
+    return opened
+
+
+def _fail(run: ReconciliationRun, exc: Exception) -> None:
+    """Record ``run`` as failed with the error; the caller re-raises ``exc``."""
+    error = str(exc) if isinstance(exc, SettlementUnavailable) else f"{type(exc).__name__}: {exc}"
+    try:
+        ReconciliationRun.objects.filter(id=run.id).update(
+            status=ReconciliationRun.Status.FAILED, error=error, finished_at=timezone.now()
+        )
+    except DatabaseError:  # `default` itself is down: the original error is what matters
+        logger.exception("reconciliation run %s could not be marked failed", run.id)
+    run.status, run.error = ReconciliationRun.Status.FAILED, error
 
 
 def _alert_new_discrepancies(run: ReconciliationRun, opened: dict[str, int]) -> None:
@@ -304,7 +327,8 @@ def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
 
 def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:
     """Every card channel for one business day (the nightly job). A channel that fails does
-    not stop the others."""
+    not stop the others: its run is recorded as failed and the error logged. Returns the runs
+    that completed."""
     runs = []
     card_channels = [c for c in PaymentChannel.objects.order_by("code") if "card" in c.methods]
     for channel in card_channels:
@@ -312,6 +336,8 @@ def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:
             runs.append(reconcile_day(channel=channel.code, business_day=business_day).run)
         except SettlementUnavailable as exc:
             logger.warning("reconciliation of %s %s failed: %s", channel.code, business_day, exc)
+        except Exception:  # logged with its traceback; the next channel still runs
+            logger.exception("reconciliation of %s %s failed", channel.code, business_day)
     return runs
 
 
