@@ -214,9 +214,9 @@ def _note(discrepancy: Discrepancy, action: str) -> None:
 def _escalate(discrepancy: Discrepancy, summary: str) -> None:
     review_file(
         kind=REVIEW_KIND,
-        reference=f"{discrepancy.channel}:{discrepancy.business_day}:{discrepancy.kind}:{discrepancy.key}"[
-            :100
-        ],
+        # One item per discrepancy: its id is unique (a truncated key could merge two) and
+        # stable across re-runs, which find the same discrepancy row again.
+        reference=f"discrepancy:{discrepancy.id}",
         summary=summary,
         details={
             "discrepancy": discrepancy.id,
