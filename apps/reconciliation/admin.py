@@ -10,7 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -19,6 +19,7 @@ from django.utils import timezone
 from apps.payments.models import PaymentChannel
 from apps.reconciliation.exceptions import SettlementFileInvalid, SettlementUnavailable
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile
+from apps.reconciliation.selectors import runs_latest_completed_per_day
 from apps.reconciliation.services import discrepancy_resolve, reconcile_day, settlement_import
 from shop.adminkit import ReadOnlyAdmin
 from shop.errors import ShopError
@@ -64,14 +65,9 @@ class ReconciliationRunAdmin(ReadOnlyAdmin):
             .values("business_day")
             .annotate(count=Count("id"))
         }
-        amounts = {
-            row["business_day"]: row["amount"] or 0
-            for row in ReconciliationRun.objects.filter(
-                business_day__gte=since, status=ReconciliationRun.Status.COMPLETED
-            )
-            .values("business_day")
-            .annotate(amount=Sum("unmatched_amount"))
-        }
+        amounts: dict[date, int] = {}
+        for run in runs_latest_completed_per_day(since=since):  # a re-run day counts once
+            amounts[run.business_day] = amounts.get(run.business_day, 0) + run.unmatched_amount
         days = [since + timedelta(days=i) for i in range(CHART_DAYS)]
         bars = _bars(
             days,

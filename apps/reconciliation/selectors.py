@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Max
+from datetime import date
+
+from django.db.models import Count, Max, QuerySet
 
 from apps.reconciliation.models import Discrepancy, ReconciliationRun
 
 
+def _newest(runs: QuerySet[ReconciliationRun], *per: str) -> QuerySet[ReconciliationRun]:
+    """The highest-id (latest started) run of ``runs`` for each distinct value of ``per``."""
+    ids = runs.values(*per).annotate(last=Max("id")).values_list("last", flat=True)
+    return ReconciliationRun.objects.filter(id__in=list(ids))
+
+
 def runs_latest() -> list[ReconciliationRun]:
     """The most recently started run of each channel, newest first."""
-    newest = ReconciliationRun.objects.values("channel").annotate(last=Max("id"))
-    ids = [row["last"] for row in newest]
-    return list(ReconciliationRun.objects.filter(id__in=ids).order_by("-started_at"))
+    return list(_newest(ReconciliationRun.objects.all(), "channel").order_by("-started_at"))
+
+
+def runs_latest_completed_per_day(*, since: date) -> list[ReconciliationRun]:
+    """The latest completed run of each (channel, business day) from ``since`` on: a day run
+    again counts once, with what its latest completed run found."""
+    completed = ReconciliationRun.objects.filter(
+        business_day__gte=since, status=ReconciliationRun.Status.COMPLETED
+    )
+    return list(_newest(completed, "channel", "business_day").order_by("business_day", "channel"))
 
 
 def discrepancies_open_by_kind() -> dict[str, int]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile
 from tests.factories.users import UserFactory
@@ -83,3 +86,26 @@ def test_pages_render(client, operator):
         "/admin/reconciliation/settlementfile/upload/",
     ]:
         assert client.get(url).status_code == 200, url
+
+
+def test_the_chart_counts_a_re_run_day_once(client, operator):
+    # Given a day alpha was reconciled three times (the last run failed) and beta once
+    day = timezone.localdate()
+    done = ReconciliationRun.Status.COMPLETED
+    for status, amount in [(done, 700), (done, 400), (ReconciliationRun.Status.FAILED, 0)]:
+        ReconciliationRun.objects.create(
+            channel="alpha", business_day=day, status=status, unmatched_amount=amount
+        )
+    ReconciliationRun.objects.create(
+        channel="beta", business_day=day, status=done, unmatched_amount=30
+    )
+    ReconciliationRun.objects.create(
+        channel="alpha", business_day=day - timedelta(days=1), status=done, unmatched_amount=5
+    )
+
+    chart = client.get("/admin/reconciliation/reconciliationrun/chart/")
+
+    # Then each channel's day counts with its latest completed run only
+    amounts = {bar["day"]: bar["amount"] for bar in chart.context["bars"]}
+    assert amounts[day] == 400 + 30
+    assert amounts[day - timedelta(days=1)] == 5

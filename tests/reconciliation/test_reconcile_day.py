@@ -209,3 +209,26 @@ def test_discrepancies_are_counted_once_and_the_open_ones_scraped(
     assert 'shop_reconciliation_last_run_timestamp_seconds{channel="alpha",status="completed"}' in (
         text
     )
+
+
+def test_each_discrepancy_gets_its_own_review_item_however_long_its_key(channels, tmp_path):
+    # Given a file with two unknown payments whose ids differ only after 90 characters
+    prefix = "bank-ref-" + "x" * 90
+    path = tmp_path / "day.csv"
+    path.write_text(
+        "channel_transaction_id,payment_id,type,amount,currency,status,settled_at,fee\n"
+        f"t1,{prefix}1,capture,1000,EUR,settled,2026-11-30T10:00:00+00:00,59\n"
+        f"t2,{prefix}2,capture,2000,EUR,settled,2026-11-30T11:00:00+00:00,88\n"
+    )
+    command = ["reconcile", "--date", "2026-11-30", "--channel", "alpha", "--file", str(path)]
+
+    call_command(*command)
+
+    # Then each discrepancy is escalated on its own, pointing at itself
+    discrepancies = list(Discrepancy.objects.order_by("id"))
+    assert [d.bank_amount for d in discrepancies] == [1000, 2000]
+    items = ManualReviewItem.objects.filter(kind="reconciliation")
+    assert sorted(item.details["discrepancy"] for item in items) == [d.id for d in discrepancies]
+    # and a re-run files nothing new
+    call_command(*command)
+    assert ManualReviewItem.objects.filter(kind="reconciliation").count() == 2

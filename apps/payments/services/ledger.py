@@ -179,18 +179,23 @@ def refund_post(
     )[1]
 
 
-def card_capture_reversal(
-    *, channel: str, amount: int, fee: int, currency: str, reference: str
-) -> bool:
-    """Undo a card capture the bank says never happened (reconciliation's correction)."""
+def card_capture_reversal(*, capture_reference: str) -> bool:
+    """Undo the card capture posted as ``capture_reference`` (the payment's TCC xid), which the
+    bank says never happened — reconciliation's correction. The reversal is the exact negation
+    of the capture's own entries, so the fee taken back is the fee posted then, whatever the
+    channel charges today. Returns False, posting nothing, when there is no such capture or it
+    was reversed before (idempotent)."""
+    capture = (
+        Transfer.objects.filter(kind="card_capture", reference=capture_reference)
+        .prefetch_related("entries__account")
+        .first()
+    )
+    if capture is None:
+        return False
     return ledger_post(
         kind="card_capture_reversal",
-        reference=reference,
-        legs=[
-            Leg(merchant_account(currency=currency), AVAILABLE, -amount),
-            Leg(clearing_account(channel=channel, currency=currency), AVAILABLE, amount - fee),
-            Leg(fees_account(currency=currency), AVAILABLE, fee),
-        ],
+        reference=capture_reference,
+        legs=[Leg(entry.account, entry.bucket, -entry.amount) for entry in capture.entries.all()],
         memo="the channel reports no capture",
         actor="reconciliation",
     )[1]

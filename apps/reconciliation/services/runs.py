@@ -59,8 +59,9 @@ def reconcile_day(
     *, channel: str, business_day: date, settlement: SettlementFile | None = None
 ) -> RunSummary:
     """Reconcile ``channel`` for ``business_day`` against ``settlement`` (default: the day's
-    file fetched from the acquirer now). Returns the finished run; a run whose file could not
-    be had is recorded as failed (and raises SettlementUnavailable)."""
+    file fetched from the acquirer now). Returns the finished run. A run that cannot finish is
+    recorded as failed with its error, and the error is re-raised: SettlementUnavailable when
+    the file could not be had, anything else as it came (a shard down, a bad bank answer)."""
     lock = OwnedLock(f"reconcile:{channel}:{business_day}", ttl=settings.RECONCILIATION_LOCK_TTL)
     if not _acquire(lock):
         raise SettlementUnavailable(f"{channel} {business_day} is being reconciled right now.")
@@ -88,10 +89,22 @@ def _release(lock: OwnedLock) -> None:
 def _run(channel: str, business_day: date, settlement: SettlementFile | None) -> RunSummary:
     run = ReconciliationRun.objects.create(channel=channel, business_day=business_day)
     try:
-        settlement = settlement or settlement_fetch(channel=channel, business_day=business_day)
-    except SettlementUnavailable as exc:
-        _finish(run, ReconciliationRun.Status.FAILED, error=str(exc))
+        opened = _reconcile(run, channel, business_day, settlement)
+    except Exception as exc:
+        # Whatever stopped the run (no file, a shard down, a bug), it must not stay "running".
+        _fail(run, exc)
         raise
+    if opened:
+        _alert_new_discrepancies(run, opened)
+    return RunSummary(run, sum(opened.values()))
+
+
+def _reconcile(
+    run: ReconciliationRun, channel: str, business_day: date, settlement: SettlementFile | None
+) -> dict[str, int]:
+    """Match, record and handle; finish ``run`` as completed. Returns the discrepancies first
+    seen in this run, per outcome."""
+    settlement = settlement or settlement_fetch(channel=channel, business_day=business_day)
     run.file = settlement
     run.save(update_fields=["file"])
     start, end = business_day_bounds(business_day)
@@ -100,7 +113,7 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
         for item in settled_items(channel=channel, start=start, end=end)
     )
     tally = Tally()
-    opened: dict[str, int] = {}  # new discrepancies (first seen in this run) per outcome
+    opened: dict[str, int] = {}
     for finding in match(ours, bank_groups(settlement), tally):
         if finding.outcome == Outcome.MATCHED:
             tally.matched += 1
@@ -119,9 +132,19 @@ def _run(channel: str, business_day: date, settlement: SettlementFile | None) ->
     run.matched_count, run.discrepancies = tally.matched, tally.by_outcome
     run.unmatched_amount = tally.unmatched_amount
     _finish(run, ReconciliationRun.Status.COMPLETED)
-    if opened:
-        _alert_new_discrepancies(run, opened)
-    return RunSummary(run, sum(opened.values()))
+    return opened
+
+
+def _fail(run: ReconciliationRun, exc: Exception) -> None:
+    """Record ``run`` as failed with the error; the caller re-raises ``exc``."""
+    error = str(exc) if isinstance(exc, SettlementUnavailable) else f"{type(exc).__name__}: {exc}"
+    try:
+        ReconciliationRun.objects.filter(id=run.id).update(
+            status=ReconciliationRun.Status.FAILED, error=error, finished_at=timezone.now()
+        )
+    except DatabaseError:  # `default` itself is down: the original error is what matters
+        logger.exception("reconciliation run %s could not be marked failed", run.id)
+    run.status, run.error = ReconciliationRun.Status.FAILED, error
 
 
 def _alert_new_discrepancies(run: ReconciliationRun, opened: dict[str, int]) -> None:
@@ -191,9 +214,9 @@ def _note(discrepancy: Discrepancy, action: str) -> None:
 def _escalate(discrepancy: Discrepancy, summary: str) -> None:
     review_file(
         kind=REVIEW_KIND,
-        reference=f"{discrepancy.channel}:{discrepancy.business_day}:{discrepancy.kind}:{discrepancy.key}"[
-            :100
-        ],
+        # One item per discrepancy: its id is unique (a truncated key could merge two) and
+        # stable across re-runs, which find the same discrepancy row again.
+        reference=f"discrepancy:{discrepancy.id}",
         summary=summary,
         details={
             "discrepancy": discrepancy.id,
@@ -219,34 +242,46 @@ def _handle(discrepancy: Discrepancy, finding: Finding, channel: str) -> None:
         )
 
 
+# What the bank reports for a payment it never captured (apps/payments/sandbox/acquirer.py):
+# no record, an authorization never captured, a declined or a voided one. Only these prove our
+# capture did not happen; any other answer (captured, refunded, pending, none, a malformed body)
+# proves nothing, so it goes to an operator and no money moves.
+NOT_CAPTURED_STATUSES = frozenset({"not_found", "authorized", "declined", "voided"})
+
+
 def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str) -> None:
     """We booked a capture the bank's file lacks: ask the bank."""
     payment_id = int(finding.payment_id)
     try:
-        status = ChannelClient(channel).status(payment_id=payment_id).get("status")
+        answer = ChannelClient(channel).status(payment_id=payment_id)
     except ChannelError as exc:
         _escalate(
             discrepancy,
             f"capture {payment_id} missing from the file; the bank could not be asked ({exc})",
         )
         return
+    status = answer.get("status") if isinstance(answer, dict) else None
     if status in ("captured", "refunded"):
         _escalate(discrepancy, f"the bank confirms capture {payment_id} but its file omits it")
         return
+    if status not in NOT_CAPTURED_STATUSES:
+        _escalate(
+            discrepancy,
+            f"capture {payment_id} missing from the file; the bank's answer proves nothing "
+            f"({str(answer)[:120]}), so the ledger was left as it is",
+        )
+        return
     # The bank says no capture happened: our books are wrong. Correct them, tell operators.
     payment = payment_get(payment_id=payment_id)
-    fee = PaymentChannel.objects.get(code=channel).fee_for(finding.ours.amount)
-    card_capture_reversal(
-        channel=channel,
-        amount=finding.ours.amount,
-        fee=fee,
-        currency=finding.ours.currency,
-        reference=f"pay-{payment_id}",
+    reversed_now = card_capture_reversal(capture_reference=f"pay-{payment_id}")
+    correction = (
+        "the capture was reversed in the ledger"
+        if reversed_now
+        else "the ledger had no capture left to reverse (none posted, or reversed before)"
     )
     summary = (
-        f"the bank reports payment {payment_id} as {status}, never captured: the "
-        f"capture was reversed in the ledger; order {payment.order_id if payment else '?'}"
-        " needs a decision (collect again or cancel)"
+        f"the bank reports payment {payment_id} as {status}, never captured: {correction}; "
+        f"order {payment.order_id if payment else '?'} needs a decision (collect again or cancel)"
     )
     review_file(
         kind=REVIEW_KIND,
@@ -254,7 +289,7 @@ def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str
         summary=summary,
         details={"discrepancy": discrepancy.id, "bank_status": status},
     )
-    _resolve(discrepancy, f"ledger corrected (bank status {status}); operators told")
+    _resolve(discrepancy, f"{correction} (bank status {status}); operators told")
 
 
 def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
@@ -292,7 +327,8 @@ def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
 
 def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:
     """Every card channel for one business day (the nightly job). A channel that fails does
-    not stop the others."""
+    not stop the others: its run is recorded as failed and the error logged. Returns the runs
+    that completed."""
     runs = []
     card_channels = [c for c in PaymentChannel.objects.order_by("code") if "card" in c.methods]
     for channel in card_channels:
@@ -300,6 +336,8 @@ def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:
             runs.append(reconcile_day(channel=channel.code, business_day=business_day).run)
         except SettlementUnavailable as exc:
             logger.warning("reconciliation of %s %s failed: %s", channel.code, business_day, exc)
+        except Exception:  # logged with its traceback; the next channel still runs
+            logger.exception("reconciliation of %s %s failed", channel.code, business_day)
     return runs
 
 
