@@ -58,3 +58,20 @@ def review_resolve(*, item: ManualReviewItem, operator: AbstractBaseUser, note: 
     )
     if not updated:
         raise ValidationFailed("This item is already resolved.")
+
+
+@transaction.atomic(using="default")
+def review_close(*, kind: str, references: list[str], operator: AbstractBaseUser, note: str) -> int:
+    """Close the open items of ``kind`` filed under ``references`` (their subject was settled
+    elsewhere, e.g. a discrepancy resolved in its own admin) with the operator's note. Returns
+    how many."""
+    return (
+        ManualReviewItem.objects.filter(kind=kind, reference__in=references)
+        .exclude(status=ManualReviewItem.Status.RESOLVED)
+        .update(
+            status=ManualReviewItem.Status.RESOLVED,
+            resolution_note=note.strip(),
+            resolved_by=operator,
+            resolved_at=timezone.now(),
+        )
+    )

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile
+from shop.models import ManualReviewItem
 from tests.factories.users import UserFactory
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -57,6 +58,10 @@ def test_upload_reconciles_and_the_workflow_resolves_with_a_note(client, operato
     assert set(Discrepancy.objects.values_list("status", "resolved_by", "note")) == {
         ("resolved", operator.id, "refunded by hand")
     }
+    # ... and the review items filed for them are closed with the same decision
+    items = ManualReviewItem.objects.filter(kind="reconciliation")
+    assert items.count() == 2
+    assert set(items.values_list("status", "resolution_note")) == {("resolved", "refunded by hand")}
 
     export = client.post(
         "/admin/reconciliation/discrepancy/", {"action": "export_csv", "_selected_action": ids}

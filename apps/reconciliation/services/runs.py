@@ -211,12 +211,16 @@ def _note(discrepancy: Discrepancy, action: str) -> None:
     Discrepancy.objects.filter(id=discrepancy.id).update(action=action[:300])
 
 
+def discrepancy_review_reference(discrepancy_id: int) -> str:
+    return f"discrepancy:{discrepancy_id}"
+
+
 def _escalate(discrepancy: Discrepancy, summary: str) -> None:
     review_file(
         kind=REVIEW_KIND,
         # One item per discrepancy: its id is unique (a truncated key could merge two) and
         # stable across re-runs, which find the same discrepancy row again.
-        reference=f"discrepancy:{discrepancy.id}",
+        reference=discrepancy_review_reference(discrepancy.id),
         summary=summary,
         details={
             "discrepancy": discrepancy.id,
