@@ -67,6 +67,13 @@ def test_a_golden_day_gives_each_anomaly_exactly_its_outcome(acquirer, card_paym
     assert (run.status, run.matched_count) == ("completed", FIXTURE["matched"])
     assert run.ours_count == 8
     assert run.discrepancies == {kind: 1 for kind in FIXTURE["expected"].values()}
+    # A duplicate settlement is unexplained money in full; the others by their difference
+    duplicate = Discrepancy.objects.get(kind="DUPLICATE")
+    others = Discrepancy.objects.exclude(kind="DUPLICATE")
+    assert duplicate.bank_amount > 0
+    assert run.unmatched_amount == duplicate.bank_amount + sum(
+        abs((d.bank_amount or 0) - (d.ours_amount or 0)) for d in others
+    )
     # Nothing could be proven, so everything waits for an operator
     assert set(Discrepancy.objects.values_list("status", flat=True)) == {"open"}
     assert ManualReviewItem.objects.filter(kind="reconciliation").count() == 6

@@ -55,6 +55,14 @@ class Finding:
     bank_currency: str = ""
     bank_status: str = ""
 
+    @property
+    def unmatched_amount(self) -> int:
+        """Money this finding leaves unexplained: all of a duplicate settlement (the bank paid
+        it twice; that it matches ours is the point), otherwise the difference."""
+        if self.outcome == Outcome.DUPLICATE:
+            return abs(self.bank_amount or 0)
+        return abs((self.bank_amount or 0) - (self.ours.amount if self.ours else 0))
+
 
 @dataclass
 class Tally:

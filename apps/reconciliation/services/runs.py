@@ -119,9 +119,7 @@ def _reconcile(
             tally.matched += 1
             continue
         tally.by_outcome[finding.outcome] = tally.by_outcome.get(finding.outcome, 0) + 1
-        tally.unmatched_amount += abs(
-            (finding.bank_amount or 0) - (finding.ours.amount if finding.ours else 0)
-        )
+        tally.unmatched_amount += finding.unmatched_amount
         discrepancy, created = _record(run, channel, business_day, finding)
         if created:
             opened[finding.outcome] = opened.get(finding.outcome, 0) + 1
