@@ -169,11 +169,17 @@ def queue_depths(queues: Iterable[str]) -> dict[str, int]:
     return depths
 
 
+def queue_depths_now() -> dict[str, int]:
+    """Messages waiting in each of the worker's queues; none without a broker (embedded
+    profile: tasks run in-process)."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return {}
+    return queue_depths(settings.CELERY_WORKER_QUEUES)
+
+
 @live_collector("queues")
 def _queues() -> Iterable[Metric]:
-    # No broker (embedded profile, tasks run in-process): no queues, the family stays empty.
-    eager = settings.CELERY_TASK_ALWAYS_EAGER
-    depths = {} if eager else queue_depths(settings.CELERY_WORKER_QUEUES)
+    depths = queue_depths_now()
     return [
         gauge(
             "shop_queue_depth",
@@ -186,21 +192,14 @@ def _queues() -> Iterable[Metric]:
 
 @live_collector("manual_review")
 def _manual_review() -> Iterable[Metric]:
-    from django.db.models import Count
+    from shop.review import review_waiting
 
-    from shop.models import ManualReviewItem
-
-    rows = (
-        ManualReviewItem.objects.filter(status=ManualReviewItem.Status.OPEN)
-        .values_list("kind")
-        .annotate(n=Count("id"))
-    )
     return [
         gauge(
             "shop_manual_review_open",
             "Manual-review items waiting for an operator, by kind",
             ["kind"],
-            {(kind,): n for kind, n in rows},
+            {(row["kind"],): row["n"] for row in review_waiting()},
         )
     ]
 

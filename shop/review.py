@@ -12,6 +12,19 @@ from shop.metrics import REVIEW_ITEMS_FILED
 from shop.models import ManualReviewItem
 
 
+def review_waiting() -> list[dict[str, Any]]:
+    """Items waiting for an operator (open, not yet assigned) by kind: ``kind``, ``n`` and the
+    ``oldest`` filing time, most first. The dashboard and the metrics both count these."""
+    from django.db.models import Count, Min
+
+    return list(
+        ManualReviewItem.objects.filter(status=ManualReviewItem.Status.OPEN)
+        .values("kind")
+        .annotate(n=Count("id"), oldest=Min("created_at"))
+        .order_by("-n")
+    )
+
+
 def review_file(
     *, kind: str, reference: str, summary: str, details: dict[str, Any] | None = None
 ) -> tuple[ManualReviewItem, bool]:

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Min
 from django.utils import timezone
 
-from shop.metrics import queue_depths
-from shop.models import Alert, ManualReviewItem
+from shop.metrics import queue_depths_now
+from shop.models import Alert
+from shop.review import review_waiting
 from shop.runtime import switches_current
 
 logger = logging.getLogger(__name__)
@@ -68,27 +68,12 @@ def charts_last_hour(now: datetime | None = None) -> ChartSeries:
     return ChartSeries(minutes, [orders.get(m, 0) for m in minutes], success, totals)
 
 
-def reviews_waiting() -> list[dict[str, Any]]:
-    return list(
-        ManualReviewItem.objects.exclude(status=ManualReviewItem.Status.RESOLVED)
-        .values("kind")
-        .annotate(n=Count("id"), oldest=Min("created_at"))
-        .order_by("-n")
-    )
-
-
 # How many of the latest alerts the dashboard lists.
 RECENT_ALERTS = 10
 
 
 def alerts_recent() -> list[Alert]:
     return list(Alert.objects.order_by("-last_seen_at")[:RECENT_ALERTS])
-
-
-def _queues() -> dict[str, int]:
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        return {}
-    return queue_depths(settings.CELERY_WORKER_QUEUES)
 
 
 def _channels() -> list[Any]:
@@ -122,8 +107,8 @@ def dashboard() -> dict[str, Section]:
     return {
         "channels": _section("channels", _channels),
         "flash_sales": _section("flash_sales", _flash_sales),
-        "queues": _section("queues", _queues),
-        "reviews": _section("reviews", reviews_waiting),
+        "queues": _section("queues", queue_depths_now),
+        "reviews": _section("reviews", review_waiting),
         "alerts": _section("alerts", alerts_recent),
         "reconciliation": _section("reconciliation", _reconciliation),
         "switches": _section("switches", _switches),

@@ -12,7 +12,7 @@ from apps.payments.services import payment_pay
 from apps.payments.services.channels import breaker_for, channels_ensure_sandbox
 from apps.payments.services.ledger import wallet_topup
 from shop.models import Switch
-from shop.review import review_file
+from shop.review import review_assign, review_file
 from shop.runtime import switch_on
 from tests.factories.catalog import product_with_skus
 from tests.factories.users import UserFactory
@@ -80,6 +80,8 @@ def test_a_flash_sale_shows_units_left_queue_and_answers(admin_client):
 def test_backlogs_and_charts_show_what_happened(admin_client):
     channels_ensure_sandbox()
     review_file(kind="order_processing", reference="o-9", summary="poison task")
+    taken, _ = review_file(kind="order_processing", reference="o-10", summary="another")
+    review_assign(item_ids=[taken.id], assignee=UserFactory(username="on-it"))  # not waiting
     sku = product_with_skus(stock=10).skus.get()
     buyer = UserFactory(username="charted")
     wallet_topup(user_id=buyer.id, amount=100_000, currency="EUR", reference="t", actor="test")
