@@ -18,6 +18,7 @@ import hashlib
 import math
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django_ratelimit.core import get_usage
 
@@ -66,6 +67,19 @@ def hot_sku_check(sku_id: int) -> None:
     limit_check("hot_sku", str(sku_id))
 
 
+def client_ip(request: HttpRequest) -> str:
+    """The client's address: REMOTE_ADDR, or behind TRUSTED_PROXY_HOPS proxies (a load
+    balancer appends the address it saw to X-Forwarded-For) the entry that many places from
+    the right — entries further left are the client's own claims and are not trusted."""
+    hops = settings.TRUSTED_PROXY_HOPS
+    if hops > 0:
+        forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        forwarded = [a for a in forwarded if a]
+        if len(forwarded) >= hops:
+            return forwarded[-hops]
+    return request.META.get("REMOTE_ADDR", "")
+
+
 def client_identity(request: HttpRequest) -> str:
     """Who is asking, for per-client limits: the API token, the session's user, or the IP."""
     header = request.META.get("HTTP_AUTHORIZATION", "")
@@ -74,7 +88,7 @@ def client_identity(request: HttpRequest) -> str:
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         return f"u:{user.pk}"
-    return "ip:" + request.META.get("REMOTE_ADDR", "")
+    return "ip:" + client_ip(request)
 
 
 def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> None:
@@ -105,7 +119,7 @@ def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> N
 
 
 def _login_checks(request: HttpRequest) -> None:
-    _fixed_window(request, "login", lambda group, r: "ip:" + r.META.get("REMOTE_ADDR", ""),
+    _fixed_window(request, "login", lambda group, r: "ip:" + client_ip(r),
                   fail="open")  # fmt: skip
     username = (request.POST.get("username") or "").strip().lower()
     if not username and request.content_type == "application/json":

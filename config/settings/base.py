@@ -499,6 +499,10 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- API ------------------------------------------------------------------------------------
+# Proxies in front of the web processes that append to X-Forwarded-For (a load balancer: 1).
+# Per-IP rate limits (logins, anonymous writes) key on the address the outermost trusted proxy
+# saw; 0 (no proxy) uses the connection's own address. Production defaults to 1.
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 # Seconds a process trusts a token it has looked up (shop.authentication): a buyer retrying
 # during a sale is not a database query per attempt. A deleted token or a deactivated user
 # keeps working in a process that saw it that long. 0: look up every request.

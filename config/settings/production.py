@@ -39,8 +39,10 @@ if CELERY_TASK_ALWAYS_EAGER:
 if _problems:
     raise ImproperlyConfigured("Refusing to start: " + "; ".join(_problems))
 
-# Behind a TLS-terminating load balancer that sets X-Forwarded-Proto.
+# Behind a TLS-terminating load balancer that sets X-Forwarded-Proto and appends the client's
+# address to X-Forwarded-For (per-IP rate limits key on it: shop.throttle.client_ip).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=1)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Health probes come over plain HTTP from inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]

@@ -168,3 +168,19 @@ def test_with_redis_down_login_throttling_still_holds_per_process(client, settin
         for i in range(4)
     ]  # fmt: skip
     assert attempts == [400, 400, 400, 429]
+
+
+def test_behind_a_load_balancer_logins_are_limited_per_client_not_per_balancer(client, settings):
+    settings.TRUSTED_PROXY_HOPS = 1
+    _rule("login", 2, 60)
+
+    def login(forwarded_for):
+        return client.post("/api/v1/auth/token/", {"username": "", "password": "x"},
+                           content_type="application/json", REMOTE_ADDR="10.0.0.1",
+                           HTTP_X_FORWARDED_FOR=forwarded_for).status_code  # fmt: skip
+
+    # One client (whatever it claims further left) is limited ...
+    assert [login("203.0.113.5"), login("1.2.3.4, 203.0.113.5")] == [400, 400]
+    assert login("203.0.113.5") == 429
+    # ... another one behind the same balancer is not
+    assert login("198.51.100.7") == 400
