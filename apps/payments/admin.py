@@ -30,6 +30,8 @@ from apps.payments.services import payment_settle_now
 from apps.payments.services.channels import breaker_for, health_for
 from apps.payments.services.ledger import wallet_topup
 from shop.adminkit import ReadOnlyAdmin
+from shop.cache import cache_available
+from shop.locks import cache_is_redis
 from shop.sharding.admin import ShardedAdmin, ShardedInline, ShardFilter
 
 
@@ -76,13 +78,26 @@ class PaymentChannelAdmin(admin.ModelAdmin):
     def force_open(self, request: HttpRequest, queryset: QuerySet) -> None:
         for channel in queryset:
             breaker_for(channel.code).force_open()
-        self.message_user(request, "Breaker(s) forced open.", messages.WARNING)
+        self._breakers_changed(request, "Breaker(s) forced open.", messages.WARNING)
 
     @admin.action(description="Close the breaker (resume sending payments)")
     def force_close(self, request: HttpRequest, queryset: QuerySet) -> None:
         for channel in queryset:
             breaker_for(channel.code).force_close()
-        self.message_user(request, "Breaker(s) closed.", messages.SUCCESS)
+        self._breakers_changed(request, "Breaker(s) closed.", messages.SUCCESS)
+
+    def _breakers_changed(self, request: HttpRequest, done: str, level: int) -> None:
+        # With Redis unreachable a breaker lives per process: the change reached this web
+        # process only, and the operator must know it did not reach the others.
+        if cache_is_redis() and not cache_available():
+            self.message_user(
+                request,
+                "Redis is unreachable: the breaker(s) changed in this web process only; "
+                "other processes keep their own state until Redis is back.",
+                messages.ERROR,
+            )
+            return
+        self.message_user(request, done, level)
 
 
 class PaymentAttemptInline(ShardedInline):
