@@ -575,6 +575,10 @@ def tcc_recover(*, limit: int = 100) -> dict[str, int]:
             logger.warning("TCC %s not finished yet: %s", tcc.xid, exc)
             _note_failure(tcc, exc)
             status = "retry"
+        except Exception as exc:  # one broken transaction must not stop the batch
+            logger.exception("TCC %s could not be driven", tcc.xid)
+            _note_failure(tcc, exc)
+            status = "retry"
         counts[status] = counts.get(status, 0) + 1
     return counts
 
