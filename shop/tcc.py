@@ -119,12 +119,6 @@ def fence_cancel(
         return True
 
 
-def fence_status(*, using: str, xid: str, branch: str, user_id: int | None = None) -> str | None:
-    model = _model(using)
-    fence = model.objects.using(using).filter(**_fields(using, xid, branch, user_id)).first()
-    return fence.status if fence else None
-
-
 def fences_cleanup() -> int:
     """Delete fences created and last changed over TCC_FENCE_RETENTION_DAYS ago on every
     database, except those of branches still `tried`: their confirm or cancel has yet to come

@@ -54,7 +54,6 @@ from apps.payments.services.channels import (
     ChannelError,
     ChannelOutcomeUnknown,
     ChannelRejected,
-    ChannelUnavailable,
     channels_rank,
 )
 from shop.logs import log_context_bind
@@ -628,4 +627,4 @@ def payment_settle_now(*, payment_id: int) -> str | None:
         return tcc.status
 
 
-__all__ = ["ChannelUnavailable", "payment_pay", "payment_settle_now", "tcc_drive", "tcc_recover"]
+__all__ = ["payment_pay", "payment_settle_now", "tcc_drive", "tcc_recover"]
