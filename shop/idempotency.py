@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -95,6 +95,19 @@ class IdempotencyClaim:
         if not self._mine().update(resource_id=resource_id):
             raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
         self.resource_id = resource_id
+
+    def resume_or_start(self, start: Callable[[Callable[[str], None]], object]) -> str:
+        """The id of the resource this key's effect created, which is never created twice.
+
+        A request that took the key over from an owner that died after creating its resource
+        (``resource_id`` set) gets that id and ``start`` does not run. Otherwise
+        ``start(attach)`` runs the effect and must call ``attach(resource_id)`` inside the
+        transaction that creates the resource. Whatever ``start`` raises propagates."""
+        if not self.resource_id:
+            start(self.attach)
+            if not self.resource_id:
+                raise RuntimeError("start() returned without attaching what it created")
+        return self.resource_id
 
     def complete(self, *, status: int, body: Any) -> None:
         """Store the response to replay. Must run in the effect's transaction on ``using``;

@@ -14,7 +14,8 @@ a network can produce:
   nothing. Two concurrent cancels with no try leave one fence row.
 * an exception inside the effect rolls the fence back with it.
 
-Fences are kept TCC_FENCE_RETENTION_DAYS (longer than any retry window), then deleted.
+Fences are kept TCC_FENCE_RETENTION_DAYS (longer than any retry window), then deleted —
+except a `tried` one, kept until its branch is confirmed or cancelled.
 """
 
 from __future__ import annotations
@@ -118,16 +119,23 @@ def fence_cancel(
         return True
 
 
-def fence_status(*, using: str, xid: str, branch: str, user_id: int | None = None) -> str | None:
-    model = _model(using)
-    fence = model.objects.using(using).filter(**_fields(using, xid, branch, user_id)).first()
-    return fence.status if fence else None
-
-
 def fences_cleanup() -> int:
-    """Delete fences older than TCC_FENCE_RETENTION_DAYS on every database."""
+    """Delete fences created and last changed over TCC_FENCE_RETENTION_DAYS ago on every
+    database, except those of branches still `tried`: their confirm or cancel has yet to come
+    (a recovery backing off, a transaction in manual review), and without the fence a confirm
+    would be refused and a cancel would undo nothing (the money would stay frozen). A branch
+    decided late keeps its fence for the full retention after its decision."""
     cutoff = timezone.now() - timedelta(days=settings.TCC_FENCE_RETENTION_DAYS)
-    deleted = TccFence.objects.filter(created_at__lt=cutoff).delete()[0]
+    deleted = (
+        TccFence.objects.filter(created_at__lt=cutoff, updated_at__lt=cutoff)
+        .exclude(status=FenceStatus.TRIED)
+        .delete()[0]
+    )
     for alias in order_shard_aliases():
-        deleted += TccShardFence.objects.using(alias).filter(created_at__lt=cutoff).delete()[0]
+        deleted += (
+            TccShardFence.objects.using(alias)
+            .filter(created_at__lt=cutoff, updated_at__lt=cutoff)
+            .exclude(status=FenceStatus.TRIED)
+            .delete()[0]
+        )
     return deleted

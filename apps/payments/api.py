@@ -69,20 +69,20 @@ class PaymentCreateApi(APIView):
         with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
             if isinstance(claim, Replay):
                 return claim.response()
-            if claim.resource_id:  # a retry after a crash: report the payment it started
-                payment = selectors.payment_get(payment_id=int(claim.resource_id))
-            else:
-                serializer = self.InputSerializer(data=request.data)
-                serializer.is_valid(raise_exception=True)
-                payment = services.payment_pay(
+            serializer = self.InputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+            # A retry after a crash reports the payment the first request started.
+            payment_id = claim.resume_or_start(
+                lambda attach: services.payment_pay(
                     order_id=order_id,
                     user_id=user_id,
-                    method=serializer.validated_data["method"],
-                    channel=serializer.validated_data.get("channel"),
-                    on_started=lambda payment: claim.attach(str(payment.id)),
+                    method=data["method"],
+                    channel=data.get("channel"),
+                    on_started=lambda payment: attach(str(payment.id)),
                 )
-                payment = selectors.payment_get(payment_id=payment.id)
-            body = payment_body(payment)
+            )
+            body = payment_body(selectors.payment_get(payment_id=int(payment_id)))
             claim.remember(status=201, body=body)
             return Response(body, status=201)
 
@@ -103,19 +103,19 @@ class RefundCreateApi(APIView):
         with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
             if isinstance(claim, Replay):
                 return claim.response()
-            if claim.resource_id:  # a retry after a crash: report the refund it started
-                refund = selectors.refund_get(refund_id=int(claim.resource_id))
-            else:
-                serializer = self.InputSerializer(data=request.data)
-                serializer.is_valid(raise_exception=True)
-                refund = services.refund_create(
+            serializer = self.InputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            # A retry after a crash reports the refund the first request started.
+            refund_id = claim.resume_or_start(
+                lambda attach: services.refund_create(
                     order_id=order_id,
                     owner_id=user_id,
                     amount=serializer.validated_data["amount"],
                     actor=f"user:{user_id}",
-                    on_created=lambda refund: claim.attach(str(refund.id)),
+                    on_created=lambda refund: attach(str(refund.id)),
                 )
-            body = RefundOutputSerializer(refund).data
+            )
+            body = RefundOutputSerializer(selectors.refund_get(refund_id=int(refund_id))).data
             claim.remember(status=201, body=body)
             return Response(body, status=201)
 

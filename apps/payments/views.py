@@ -74,16 +74,20 @@ def _pay(request: HttpRequest, order_id: int) -> HttpResponse:
     if isinstance(claim, Replay):
         return redirect("order-detail", order_id=order_id)
     try:
-        payment = services.payment_pay(
-            order_id=order_id,
-            user_id=user_id,
-            method=method,
-            on_started=lambda payment: claim.attach(str(payment.id)),
+        # A retry after a crash shows the payment the first request started.
+        payment_id = claim.resume_or_start(
+            lambda attach: services.payment_pay(
+                order_id=order_id,
+                user_id=user_id,
+                method=method,
+                on_started=lambda payment: attach(str(payment.id)),
+            )
         )
     except ShopError as exc:
         claim.release()
         messages.error(request, exc.message)
         return redirect("order-detail", order_id=order_id)
+    payment = selectors.payment_get(payment_id=int(payment_id))
     claim.remember(status=201, body={"id": str(payment.id), "status": payment.status})
     if payment.status == "succeeded":
         messages.success(request, "Paid — thank you! We are preparing your order.")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from apps.orders.models import Order
-from apps.payments.models import Account, Transfer
-from shop.sharding import shard_for_id
+from apps.payments.models import Account, Payment, Transfer
+from apps.payments.services import payment_pay
+from shop.idempotency import idempotency_begin, request_fingerprint
+from shop.models import IdempotencyRecord
+from shop.sharding import shard_for_id, shard_for_user
 from tests.factories.users import UserFactory
+from tests.orders.conftest import assert_invariants_hold
 
 ALL = "__all__"
 
@@ -52,6 +59,46 @@ def test_a_failed_payment_explains_and_offers_another_try(client, order):
     assert (
         Order.objects.using(shard_for_id(unpaid.id)).get(id=unpaid.id).status == "pending_payment"
     )
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_a_pay_key_taken_over_after_a_crash_shows_its_payment_and_never_pays_again(client, order):
+    from apps.orders import services as orders
+
+    # Given a first request that started a payment (it failed: the wallet is empty) and died
+    # before it could remember its answer
+    broke = UserFactory(username="broke")
+    line = order.lines.get()
+    unpaid = orders.order_place(user_id=broke.id, items=[{"sku": line.sku_code, "quantity": 1}])
+    path = f"/orders/{unpaid.id}/pay/"
+    claim = idempotency_begin(
+        using=shard_for_user(broke.id),
+        user_id=broke.id,
+        key="storefront-pay:k",
+        fingerprint=request_fingerprint(method="POST", path=path, body={"method": "wallet"}),
+    )
+    first = payment_pay(
+        order_id=unpaid.id,
+        user_id=broke.id,
+        method="wallet",
+        on_started=lambda payment: claim.attach(str(payment.id)),
+    )
+    assert first.status == "failed"
+    IdempotencyRecord.objects.using(claim.using).filter(id=claim.record_id).update(
+        locked_until=timezone.now() - timedelta(seconds=1)
+    )  # its lock ran out
+
+    # When the browser sends the same form again
+    client.force_login(broke)
+    response = client.post(path, {"method": "wallet", "pay_key": "k"}, follow=True)
+
+    # Then it is told what became of that payment, and no second payment is started
+    payments = Payment.objects.using(shard_for_id(unpaid.id)).filter(order_id=unpaid.id)
+    assert list(payments.values_list("id", flat=True)) == [first.id]
+    assert "does not hold enough money" in response.content.decode()
+    record = IdempotencyRecord.objects.using(claim.using).get(id=claim.record_id)
+    assert (record.status, record.response_body["id"]) == ("completed", str(first.id))
+    assert_invariants_hold()
 
 
 @pytest.mark.django_db(databases=ALL)

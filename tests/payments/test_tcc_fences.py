@@ -4,15 +4,17 @@ confirm/cancel, and no fence without its effect."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from apps.payments.models import Account, Transfer
 from apps.payments.services import ledger
 from shop.models import TccFence, TccShardFence
 from shop.sharding import order_shard_aliases
-from shop.tcc import FenceRefused, fence_cancel, fence_confirm, fence_try
+from shop.tcc import FenceRefused, fence_cancel, fence_confirm, fence_try, fences_cleanup
 from tests.factories.users import UserFactory
 from tests.orders.conftest import assert_invariants_hold
 
@@ -161,3 +163,40 @@ def test_an_exception_after_the_business_write_leaves_no_fence_row(wallet_user, 
     if using == "default":  # same database: the freeze rolled back with its fence
         assert (_wallet(wallet_user).available, _wallet(wallet_user).frozen) == (1000, 0)
         assert not Transfer.objects.filter(kind="wallet_freeze").exists()
+
+
+def test_cleanup_keeps_the_fences_of_undecided_branches(wallet_user, settings):
+    # Given old fences: a tried branch still waiting for its decision (default and a shard),
+    # and a branch long confirmed
+    fence_try(using="default", xid="x7", branch="wallet", effect=_freeze(wallet_user, "x7"))
+    shard = order_shard_aliases()[0]
+    fence_try(using=shard, xid="x7", branch="order", user_id=wallet_user.id, effect=lambda: None)
+    fence_try(using="default", xid="x8", branch="wallet", effect=_freeze(wallet_user, "x8"))
+    fence_confirm(
+        using="default",
+        xid="x8",
+        branch="wallet",
+        effect=lambda: ledger.wallet_capture(
+            user_id=wallet_user.id, amount=300, currency="EUR", reference="x8"
+        ),
+    )
+    old = timezone.now() - timedelta(days=settings.TCC_FENCE_RETENTION_DAYS + 1)
+    TccFence.objects.update(created_at=old, updated_at=old)
+    TccShardFence.objects.using(shard).update(created_at=old, updated_at=old)
+
+    # When the cleanup runs, only the decided branch's fence goes
+    assert fences_cleanup() == 1
+    assert set(TccFence.objects.values_list("xid", "status")) == {("x7", "tried")}
+    assert TccShardFence.objects.using(shard).filter(xid="x7", status="tried").exists()
+
+    # Then a late cancel still unfreezes the money, and a late confirm would still be accepted
+    def unfreeze():
+        ledger.wallet_unfreeze(user_id=wallet_user.id, amount=300, currency="EUR", reference="x7")
+
+    assert fence_cancel(using="default", xid="x7", branch="wallet", effect=unfreeze) is True
+    assert (_wallet(wallet_user).available, _wallet(wallet_user).frozen) == (700, 0)
+    assert fence_confirm(
+        using=shard, xid="x7", branch="order", user_id=wallet_user.id, effect=lambda: None
+    )
+    assert fences_cleanup() == 0  # decided just now: kept for the full retention from here
+    assert_invariants_hold()

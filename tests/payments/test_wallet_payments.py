@@ -107,6 +107,51 @@ def test_the_api_pays_and_replays_by_key(shopper, order):
 
 
 @pytest.mark.django_db(databases=ALL)
+def test_the_api_reports_the_payment_a_crashed_request_started_instead_of_paying_again(order):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.orders import services as orders
+    from shop.idempotency import idempotency_begin, request_fingerprint
+    from shop.models import IdempotencyRecord
+    from shop.sharding import shard_for_user
+    from tests.factories.users import UserFactory
+
+    # Given a request that started a payment (failed: empty wallet) and died before answering
+    broke = UserFactory(username="broke")
+    unpaid = orders.order_place(
+        user_id=broke.id, items=[{"sku": order.lines.get().sku_code, "quantity": 1}]
+    )
+    path, key = f"/api/v1/orders/{unpaid.id}/payments/", new_key()
+    claim = idempotency_begin(
+        using=shard_for_user(broke.id),
+        user_id=broke.id,
+        key=key,
+        fingerprint=request_fingerprint(method="POST", path=path, body={"method": "wallet"}),
+    )
+    first = payment_pay(
+        order_id=unpaid.id,
+        user_id=broke.id,
+        method="wallet",
+        on_started=lambda payment: claim.attach(str(payment.id)),
+    )
+    IdempotencyRecord.objects.using(claim.using).filter(id=claim.record_id).update(
+        locked_until=timezone.now() - timedelta(seconds=1)
+    )
+
+    # When the client retries with the same key, then it gets that payment, and only that one
+    response = api_client(broke).post(
+        path, {"method": "wallet"}, format="json", HTTP_IDEMPOTENCY_KEY=key
+    )
+    assert response.status_code == 201
+    assert (response.json()["id"], response.json()["status"]) == (str(first.id), "failed")
+    payments = Payment.objects.using(shard_for_id(unpaid.id)).filter(order_id=unpaid.id)
+    assert list(payments.values_list("id", flat=True)) == [first.id]
+    assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
 @pytest.mark.parametrize(
     "payload", [{}, {"method": "cash"}, {"method": "card", "channel": "no such"}]
 )

@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from apps.orders import services as orders
-from apps.payments.models import Payment
+from apps.payments.models import Payment, PaymentChannel
 from apps.payments.services import payment_pay
 from apps.reconciliation.models import ReconciliationRun
 from apps.reconciliation.services import payments_stuck_janitor
@@ -23,12 +24,13 @@ from tests.orders.conftest import assert_invariants_hold
 pytestmark = [pytest.mark.needs_redis, pytest.mark.django_db(databases="__all__")]
 
 
-def _unknown_payment(acquirer, shopper, settings):
+def _unknown_payment(acquirer, shopper, settings, channel="alpha"):
     sku = product_with_skus(stock=5).skus.get()
+    cache.clear()  # factories bypass the catalog services' invalidation
     order = orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 1}])
-    acquirer.set_faults("alpha", timeout_rate=1.0, timeout_ms=1500)
+    acquirer.set_faults(channel, timeout_rate=1.0, timeout_ms=1500)
     settings.BREAKER_CALL_TIMEOUT = 0.5
-    payment = payment_pay(order_id=order.id, user_id=shopper.id, method="card", channel="alpha")
+    payment = payment_pay(order_id=order.id, user_id=shopper.id, method="card", channel=channel)
     assert payment.status == "unknown"
     Payment.objects.using(shard_for_id(payment.id)).filter(id=payment.id).update(
         updated_at=timezone.now() - timedelta(seconds=settings.PAYMENT_STUCK_AFTER + 1)
@@ -63,6 +65,33 @@ def test_a_payment_the_bank_cannot_answer_for_is_escalated_never_guessed(
     assert item.reference == str(payment.id)
     payments_stuck_janitor()  # again: still one item
     assert ManualReviewItem.objects.count() == 1
+
+
+def test_a_payment_that_cannot_be_settled_is_escalated_and_the_others_still_settle(
+    acquirer, channels, shopper, settings
+):
+    # Given two stuck payments, the older one at a bank an operator has since removed
+    broken = _unknown_payment(acquirer, shopper, settings, channel="alpha")
+    healthy = _unknown_payment(acquirer, shopper, settings, channel="beta")
+    Payment.objects.using(shard_for_id(broken.id)).filter(id=broken.id).update(
+        updated_at=timezone.now() - timedelta(seconds=settings.PAYMENT_STUCK_AFTER + 60)
+    )
+    acquirer.set_faults("alpha")
+    acquirer.set_faults("beta")
+    time.sleep(1.6)  # both banks authorized meanwhile
+    PaymentChannel.objects.filter(code="alpha").delete()
+
+    # When the janitor runs
+    result = payments_stuck_janitor()
+
+    # Then settling the broken one fails unexpectedly, it is escalated, and the next one settles
+    assert result.escalated == [broken.id]
+    assert result.settled == [healthy.id]
+    assert Payment.objects.using(shard_for_id(healthy.id)).get(id=healthy.id).status == "succeeded"
+    item = ManualReviewItem.objects.get(kind="stuck_payment")
+    assert item.reference == str(broken.id)
+    assert "DoesNotExist" in item.details["error"]
+    assert_invariants_hold()
 
 
 def test_the_nightly_job_runs_at_two_and_reconciles_yesterday_for_every_card_channel(

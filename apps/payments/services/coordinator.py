@@ -54,10 +54,10 @@ from apps.payments.services.channels import (
     ChannelError,
     ChannelOutcomeUnknown,
     ChannelRejected,
-    ChannelUnavailable,
     channels_rank,
 )
 from shop.logs import log_context_bind
+from shop.review import review_file
 from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
 from shop.tcc import FenceRefused, fence_cancel, fence_confirm, fence_try
@@ -427,16 +427,41 @@ def _channel_capture(client: ChannelClient, payment_id: int) -> None:
             raise
 
 
-def _channel_void(client: ChannelClient, payment_id: int) -> None:
+# What a channel may hold for a payment being cancelled that leaves nothing to undo.
+NOTHING_TO_VOID = ("voided", "declined", "not_found")
+
+
+def _channel_void(tcc: TccTransaction, client: ChannelClient, payment_id: int) -> None:
     """Void whatever the channel authorized; nothing there (declined, never arrived, already
-    voided) is fine. A lost answer is settled by asking."""
+    voided) is fine. A lost answer or a refused void is settled by asking. Raises (the cancel
+    stops and is retried) while the channel holds the payment in any other state; one it
+    refused to void (captured, refunded) is also filed for manual review, since money was
+    taken for a payment the shop is cancelling."""
     try:
         client.void(payment_id=payment_id)
-    except ChannelRejected:
-        pass
+    except ChannelRejected as exc:
+        status = client.status(payment_id=payment_id).get("status")
+        if status in NOTHING_TO_VOID:
+            return
+        logger.error(
+            "payment %s: %s refused to void it, holds it %s", payment_id, client.code, status
+        )
+        review_file(
+            kind="payment_void_refused",
+            reference=str(payment_id),
+            summary=f"payment {payment_id} is {status} at {client.code} but its transaction is "
+            "being cancelled: refund it at the bank, or settle the order with the buyer",
+            details={
+                "xid": tcc.xid,
+                "channel": client.code,
+                "channel_status": status,
+                "error": str(exc)[:300],
+            },
+        )
+        raise
     except ChannelOutcomeUnknown:
         status = client.status(payment_id=payment_id).get("status")
-        if status not in ("voided", "declined", "not_found"):
+        if status not in NOTHING_TO_VOID:
             raise
 
 
@@ -489,7 +514,7 @@ def _cancel(tcc: TccTransaction) -> None:
         elif name.startswith(CHANNEL_PREFIX) and status != B.CANCELLED:
             code = name.removeprefix(CHANNEL_PREFIX)
             if payment is not None:
-                _channel_void(ChannelClient(code), payment.id)
+                _channel_void(tcc, ChannelClient(code), payment.id)
             fence_cancel(using="default", xid=tcc.xid, branch=name, effect=lambda: None)
             _branch(tcc, name, B.CANCELLED)
     _cancel_order(tcc, payment)
@@ -575,6 +600,10 @@ def tcc_recover(*, limit: int = 100) -> dict[str, int]:
             logger.warning("TCC %s not finished yet: %s", tcc.xid, exc)
             _note_failure(tcc, exc)
             status = "retry"
+        except Exception as exc:  # one broken transaction must not stop the batch
+            logger.exception("TCC %s could not be driven", tcc.xid)
+            _note_failure(tcc, exc)
+            status = "retry"
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -598,4 +627,4 @@ def payment_settle_now(*, payment_id: int) -> str | None:
         return tcc.status
 
 
-__all__ = ["ChannelUnavailable", "payment_pay", "payment_settle_now", "tcc_drive", "tcc_recover"]
+__all__ = ["payment_pay", "payment_settle_now", "tcc_drive", "tcc_recover"]

@@ -40,18 +40,27 @@ def payments_stuck_janitor(*, limit: int = 200) -> JanitorResult:
             .values_list("id", flat=True)[:limit]
         )
         for payment_id in stuck:
+            details = {"shard": alias}
             try:
                 payment_settle_now(payment_id=payment_id)
             except (ChannelError, DatabaseError) as exc:
                 logger.warning("stuck payment %s not settled: %s", payment_id, exc)
+            except Exception as exc:  # one payment that cannot be settled must not stop the rest
+                logger.exception("stuck payment %s could not be settled", payment_id)
+                details["error"] = f"{type(exc).__name__}: {exc}"[:300]
             status = Payment.objects.using(alias).get(id=payment_id).status
             if status in (PaymentStatus.UNKNOWN, PaymentStatus.PENDING):
+                why = (
+                    "settling it failed (see the error)"
+                    if "error" in details
+                    else "its channel gives no definite answer"
+                )
                 review_file(
                     kind="stuck_payment",
                     reference=str(payment_id),
-                    summary=f"payment {payment_id} is still {status}: its channel gives no "
-                    "definite answer; settle it with the bank",
-                    details={"shard": alias},
+                    summary=f"payment {payment_id} is still {status}: {why}; "
+                    "settle it with the bank",
+                    details=details,
                 )
                 result.escalated.append(payment_id)
             else:
