@@ -33,14 +33,15 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    PASSWORD,
     ROOT,
     audit,
     bench_env,
+    connect_all,
     gunicorn,
     load,
     lua_list,
@@ -52,7 +53,6 @@ from bench.common import (
 
 SPREAD_UNITS = 1_000_000  # per spread SKU: far more than a run can sell
 HOT_UNITS = 10_000_000
-PASSWORD = "benchpass"  # bench-only buyers in the bench databases
 ORDERS_API = "/api/v1/orders/"
 
 # Runs in `manage.py shell` on the bench env; prints one JSON line (the last) for main().
@@ -64,9 +64,7 @@ from django.conf import settings
 from apps.catalog.models import Sku
 from apps.catalog.selectors import skus_for_checkout
 from apps.catalog.services import catalog_changed
-from apps.inventory.models import Stock
-from apps.inventory.services import stock_receive
-from bench.common import shop_buyers, shop_databases
+from bench.common import shop_buyers, shop_databases, shop_stock_at_least
 from shop.sharding.ids import _POSTGRES_NEXT_ID
 
 SKUS, USERS, SPREAD_UNITS, HOT_UNITS = {skus}, {users}, {spread_units}, {hot_units}
@@ -88,12 +86,7 @@ groups = {{
 received = 0
 for group, skus in groups.items():
     target = HOT_UNITS if group.endswith("hot") else SPREAD_UNITS
-    stocks = Stock.objects.filter(sku_id__in=[s.id for s in skus])
-    have = dict(stocks.values_list("sku_id", "available"))
-    for sku in skus:
-        if have.get(sku.id, 0) < target:
-            stock_receive(sku_id=sku.id, quantity=target - have.get(sku.id, 0))
-            received += 1
+    received += shop_stock_at_least(skus, floor=target, target=target)
 print(json.dumps({{
     "skus": {{
         group: [{{"id": s.id, "code": s.code, "product_id": s.product_id, "name": s.name,
@@ -159,10 +152,7 @@ class SoldOut(Exception):
 def _raw_worker(data: dict, skus: list[dict], seed: int):
     """One baseline thread: its own connection per database; each step is one checkout."""
     rng = random.Random(seed)
-    conns = {
-        alias: psycopg.connect(make_conninfo(**params), autocommit=True)
-        for alias, params in data["databases"].items()
-    }
+    conns = connect_all(data["databases"])
     default, ttl = conns["default"], data["ttl"]
 
     def step() -> str:
@@ -304,7 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--products", type=int, default=200)
+    parser.add_argument("--products", type=int, default=220)  # >= 402 sellable SKUs
     parser.add_argument("--users", type=int, default=400)
     parser.add_argument("--skus", type=int, default=200, help="SKUs of the spread scenario")
     args = parser.parse_args()

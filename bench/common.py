@@ -22,13 +22,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+PASSWORD = "benchpass"  # of the bench-only buyers in the bench databases
 RESULTS = ROOT / "bench" / "results"
 WARMUP_SECONDS = 2  # every scenario is driven this long, unmeasured, before its timed run
 
@@ -109,27 +110,64 @@ def audit(env: dict[str, str]) -> bool:
 # --- Shop-side helpers: only for code running inside `manage.py shell` ----------------------
 
 
-def shop_buyers(users: int) -> list[dict]:
-    """The seeded buyers ``buyer``, ``buyer2`` … ``buyer<users>`` (by id), each with an API
-    token, its shard alias and its logical shard."""
+def shop_buyers(users: int, *, create_missing: bool = False) -> list[dict]:
+    """The buyers ``buyer``, ``buyer2`` … ``buyer<users>`` (by id), each with an API token, its
+    shard alias and its logical shard. Missing ones are an error (seed_demo makes them), or,
+    with ``create_missing``, created in bulk with the password PASSWORD; missing tokens are
+    created in bulk either way."""
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
     from rest_framework.authtoken.models import Token
 
     from shop.sharding import logical_shard_for_user, shard_for_user
 
-    names = ["buyer" if i == 1 else f"buyer{i}" for i in range(1, users + 1)]
-    found = list(get_user_model().objects.filter(username__in=names).order_by("id"))
+    user_model = get_user_model()
+    names = {("buyer" if i == 1 else f"buyer{i}"): i for i in range(1, users + 1)}
+    if create_missing:
+        have = set(user_model.objects.filter(username__in=names).values_list("username", flat=True))
+        password = make_password(PASSWORD)
+        user_model.objects.bulk_create(
+            [
+                user_model(username=name, email=f"buyer{i}@example.com", password=password)
+                for name, i in names.items()
+                if name not in have
+            ],
+            batch_size=1000,
+        )
+    found = list(user_model.objects.filter(username__in=names).order_by("id"))
     if len(found) != users:
         raise SystemExit(f"found {len(found)} of {users} buyers")
+    tokens = dict(Token.objects.filter(user__in=found).values_list("user_id", "key"))
+    missing = [Token(key=Token.generate_key(), user=u) for u in found if u.id not in tokens]
+    Token.objects.bulk_create(missing, batch_size=1000)
+    tokens.update({token.user_id: token.key for token in missing})
     return [
         {
             "id": user.id,
-            "token": Token.objects.get_or_create(user=user)[0].key,
+            "token": tokens[user.id],
             "alias": shard_for_user(user.id),
             "logical": logical_shard_for_user(user.id),
         }
         for user in found
     ]
+
+
+def shop_stock_at_least(skus: Iterable[Any], *, floor: int, target: int) -> int:
+    """Receive stock (through the stock service) for each SKU with fewer than ``floor`` units
+    available, up to ``target``; returns how many were topped up."""
+    from apps.inventory.models import Stock
+    from apps.inventory.services import stock_receive
+
+    skus = list(skus)
+    have = dict(
+        Stock.objects.filter(sku_id__in=[s.id for s in skus]).values_list("sku_id", "available")
+    )
+    topped_up = 0
+    for sku in skus:
+        if have.get(sku.id, 0) < floor:
+            stock_receive(sku_id=sku.id, quantity=target - have.get(sku.id, 0))
+            topped_up += 1
+    return topped_up
 
 
 def shop_databases() -> dict[str, dict]:
@@ -144,6 +182,19 @@ def shop_databases() -> dict[str, dict]:
             "password": db["PASSWORD"], "dbname": db["NAME"],
         }  # fmt: skip
     return databases
+
+
+def connect_all(databases: Mapping[str, dict], *, shards_only: bool = False) -> dict:
+    """An autocommit psycopg connection to each database of ``shop_databases()``, by alias
+    (without ``default`` when ``shards_only``)."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    return {
+        alias: psycopg.connect(make_conninfo(**params), autocommit=True)
+        for alias, params in databases.items()
+        if not (shards_only and alias == "default")
+    }
 
 
 def free_port() -> int:

@@ -57,18 +57,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import psycopg
-from psycopg.conninfo import make_conninfo
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     LIST_DONE,
+    PASSWORD,
     ROOT,
     LoadResult,
     audit,
     bench_env,
     celery_worker,
+    connect_all,
     gunicorn,
     load,
     lua_list,
@@ -80,7 +79,6 @@ from bench.common import (
     status_label,
 )
 
-PASSWORD = "benchpass"  # bench-only buyers in the bench databases (as bench/checkout.py)
 WARM_ATTEMPTS = 200  # checkouts of the warm-up SKU before anything is measured
 WARM_UNITS = 100_000
 PRICE = 1999
@@ -107,9 +105,6 @@ def shell_prepare(spec_text: str) -> None:
     (PLAIN and WARM stocked, FLASH empty until its sale starts), earlier runs' leftover bench
     sales ended, and the rate-limit layers opened. Prints JSON."""
     from django.conf import settings
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.hashers import make_password
-    from rest_framework.authtoken.models import Token
 
     from apps.catalog.models import Product, Sku
     from apps.catalog.services import catalog_changed
@@ -120,23 +115,7 @@ def shell_prepare(spec_text: str) -> None:
     from shop.models import RateLimitRule
 
     spec = json.loads(spec_text)
-    user_model = get_user_model()
-    names = {"buyer" if i == 1 else f"buyer{i}": i for i in range(1, spec["users"] + 1)}
-    have = set(user_model.objects.filter(username__in=names).values_list("username", flat=True))
-    password = make_password(PASSWORD)
-    created = user_model.objects.bulk_create(
-        [
-            user_model(username=name, email=f"buyer{i}@example.com", password=password)
-            for name, i in names.items()
-            if name not in have
-        ],
-        batch_size=1000,
-    )
-    without_token = user_model.objects.filter(username__in=names, auth_token__isnull=True)
-    user_ids = without_token.values_list("id", flat=True)
-    Token.objects.bulk_create(
-        [Token(key=Token.generate_key(), user_id=pk) for pk in user_ids], batch_size=1000
-    )
+    buyers = shop_buyers(spec["users"], create_missing=True)
 
     ended = 0
     for sale in FlashSale.objects.filter(active=True, sku__code__startswith="BENCH-FLASH-"):
@@ -175,8 +154,7 @@ def shell_prepare(spec_text: str) -> None:
     print(
         json.dumps(
             {
-                "buyers": shop_buyers(spec["users"]),
-                "buyers_created": len(created),
+                "buyers": buyers,
                 "databases": shop_databases(),
                 "skus": skus,
                 "sales_ended": ended,
@@ -467,11 +445,7 @@ def settle(databases: dict[str, dict], sku_id: int, *, admitted: int, timeout: f
     """Poll the order shards until every ticket of the SKU is resolved (accepted or rejected)
     and there are as many as were admitted, or ``timeout`` seconds pass. Returns the last counts
     and a sample of tickets (id, user id, status)."""
-    conns = [
-        psycopg.connect(make_conninfo(**params), autocommit=True)
-        for alias, params in databases.items()
-        if alias != "default"
-    ]
+    conns = list(connect_all(databases, shards_only=True).values())
     began = time.monotonic()
     try:
         while True:
@@ -646,7 +620,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
     skus, buyers = data["skus"], data["buyers"]
     tokens = [buyer["token"] for buyer in buyers]
     print(
-        f"  {len(buyers)} buyers with tokens ({data['buyers_created']} created); SKUs "
+        f"  {len(buyers)} buyers with tokens; SKUs "
         f"{skus['flash']['code']} (sale: {args.units} units, at most {args.per_user_limit} per "
         f"buyer), {skus['plain']['code']} ({args.units} units, no sale); "
         f"{data['sales_ended']} leftover bench sales ended",

@@ -65,16 +65,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    PASSWORD,
     ROOT,
     WARMUP_SECONDS,
     LoadResult,
     audit,
     bench_env,
+    connect_all,
     gunicorn,
     load,
     lua_list,
@@ -82,10 +83,10 @@ from bench.common import (
     manage_parallel,
     print_table,
     save,
+    shell_json,
     threaded_load,
 )
 
-PASSWORD = "benchpass"  # bench-only buyers in the bench databases (as bench/checkout.py)
 ORDER_SKUS = 100  # the pre-placed orders are spread over this many SKUs (one line each)
 SKU_UNITS = 1_000_000  # per SKU: far more than a run can sell
 RAW_WALLETS = 400  # the baseline's own wallets (as many as there are buyers)
@@ -97,13 +98,10 @@ PAYMENTS_API = "/api/v1/orders/{order_id}/payments/"
 
 
 def _shell(function: str, *args: object) -> str:
-    """A ``manage.py shell -c`` command calling one of this module's shop-side functions."""
+    """A ``manage.py shell -c`` command calling one of this module's shop-side functions (for
+    manage_parallel; one call at a time goes through shell_json)."""
     call = ", ".join(repr(arg) for arg in args)
     return f"from bench.payments import {function}; {function}({call})"
-
-
-def _last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
 
 
 def _chunks(values: list, size: int) -> Iterator[list]:
@@ -119,13 +117,11 @@ def shell_prepare(spec_text: str) -> None:
     channels, and the raw baseline's accounts (funded through the ledger). Prints JSON."""
     from apps.catalog.models import Sku
     from apps.catalog.selectors import skus_for_checkout
-    from apps.inventory.models import Stock
-    from apps.inventory.services import stock_receive
     from apps.payments.models import Account
     from apps.payments.services import wallet_topup
     from apps.payments.services.channels import channels_ensure_sandbox
     from apps.payments.services.ledger import AVAILABLE, Leg, funding_account, ledger_post
-    from bench.common import shop_buyers, shop_databases
+    from bench.common import shop_buyers, shop_databases, shop_stock_at_least
 
     spec = json.loads(spec_text)
     run = spec["run"]
@@ -143,14 +139,7 @@ def shell_prepare(spec_text: str) -> None:
     if len(candidates) < ORDER_SKUS:
         raise SystemExit(f"only {len(candidates)} usable demo SKUs, need {ORDER_SKUS}")
     skus = candidates[-ORDER_SKUS:]  # the far end: bench/checkout.py takes the first ones
-    have = dict(
-        Stock.objects.filter(sku_id__in=[s.id for s in skus]).values_list("sku_id", "available")
-    )
-    topped_up = 0
-    for sku in skus:
-        if have.get(sku.id, 0) < SKU_UNITS // 2:
-            stock_receive(sku_id=sku.id, quantity=SKU_UNITS - have.get(sku.id, 0))
-            topped_up += 1
+    topped_up = shop_stock_at_least(skus, floor=SKU_UNITS // 2, target=SKU_UNITS)
 
     buyers = shop_buyers(spec["users"])
     top_up = spec["wallet_orders_per_buyer"] * max(sku.price for sku in skus)
@@ -482,10 +471,7 @@ def _raw_worker(data: dict, orders: list[dict] | None, run: str, index: int):
     """One baseline thread: a wallet debit per step, then (``orders`` given) the UPDATE of a
     random pending order row on its shard, in a second transaction."""
     rng = random.Random(index)
-    conns = {
-        alias: psycopg.connect(make_conninfo(**params), autocommit=True)
-        for alias, params in data["databases"].items()
-    }
+    conns = connect_all(data["databases"])
     default, merchant = conns["default"], data["merchant"]["id"]
     counter = itertools.count()
     variant = "b" if orders else "a"
@@ -756,7 +742,7 @@ def _run(
         "wallet_orders_per_buyer": math.ceil(wallet_orders / args.users) + 1,
         "raw_need": math.ceil(RAW_MAX_RATE * window * 2 / RAW_WALLETS) * RAW_AMOUNT,
     }
-    data = _last_json(manage("shell", "-c", _shell("shell_prepare", json.dumps(spec)), env=env))
+    data = shell_json("bench.payments", "shell_prepare", json.dumps(spec), env=env)
     print(
         f"  {len(data['buyers'])} buyers with tokens, each topped up by {data['wallet_top_up']}"
         f" (minor units); {len(data['skus'])} SKUs for the orders ({data['sku_topped_up']}"
@@ -812,8 +798,8 @@ def _run(
         "buyers": [buyer["id"] for buyer in data["buyers"][:IN_PROCESS_BUYERS]],
         "codes": [sku["code"] for sku in data["skus"]],
     }
-    in_process = _last_json(
-        manage("shell", "-c", _shell("shell_in_process", json.dumps(in_process_spec)), env=env)
+    in_process = shell_json(
+        "bench.payments", "shell_in_process", json.dumps(in_process_spec), env=env
     )
     verify_path = tmp / "verify.json"
     checks = {}
@@ -821,7 +807,7 @@ def _run(
         checks[method] = [o["id"] for o in orders[f"{method}_warm"] + orders[method]]
         checks[f"{method} timed"] = [o["id"] for o in orders[method]]  # ran out?
     verify_path.write_text(json.dumps(checks))
-    verified = _last_json(manage("shell", "-c", _shell("shell_verify", str(verify_path)), env=env))
+    verified = shell_json("bench.payments", "shell_verify", str(verify_path), env=env)
 
     wallet, card = http
     print_table(
