@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from shop.metrics import REVIEW_ITEMS_FILED
@@ -59,17 +60,7 @@ def review_resolve(*, item: ManualReviewItem, operator: AbstractBaseUser, note: 
 
     if not note.strip():
         raise ValidationFailed("A resolution note is required.")
-    updated = (
-        ManualReviewItem.objects.filter(id=item.id)
-        .exclude(status=ManualReviewItem.Status.RESOLVED)
-        .update(
-            status=ManualReviewItem.Status.RESOLVED,
-            resolution_note=note.strip(),
-            resolved_by=operator,
-            resolved_at=timezone.now(),
-        )
-    )
-    if not updated:
+    if not _resolve(ManualReviewItem.objects.filter(id=item.id), operator=operator, note=note):
         raise ValidationFailed("This item is already resolved.")
 
 
@@ -78,13 +69,14 @@ def review_close(*, kind: str, references: list[str], operator: AbstractBaseUser
     """Close the open items of ``kind`` filed under ``references`` (their subject was settled
     elsewhere, e.g. a discrepancy resolved in its own admin) with the operator's note. Returns
     how many."""
-    return (
-        ManualReviewItem.objects.filter(kind=kind, reference__in=references)
-        .exclude(status=ManualReviewItem.Status.RESOLVED)
-        .update(
-            status=ManualReviewItem.Status.RESOLVED,
-            resolution_note=note.strip(),
-            resolved_by=operator,
-            resolved_at=timezone.now(),
-        )
+    items = ManualReviewItem.objects.filter(kind=kind, reference__in=references)
+    return _resolve(items, operator=operator, note=note)
+
+
+def _resolve(items: QuerySet[ManualReviewItem], *, operator: AbstractBaseUser, note: str) -> int:
+    return items.exclude(status=ManualReviewItem.Status.RESOLVED).update(
+        status=ManualReviewItem.Status.RESOLVED,
+        resolution_note=note.strip(),
+        resolved_by=operator,
+        resolved_at=timezone.now(),
     )

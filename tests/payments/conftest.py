@@ -55,3 +55,38 @@ def order(shopper):
     sku.price = 1500
     sku.save(update_fields=["price"])
     return orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 2}])
+
+
+def payment_started_then_crashed(*, order, path: str, key: str):
+    """A buyer with an empty wallet whose first pay request (``path``, Idempotency-Key
+    ``key``) started a wallet payment — it failed — and died before remembering its answer,
+    its key's lock run out. Returns (buyer, unpaid order, claim, first payment)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.payments.services import payment_pay
+    from shop.idempotency import idempotency_begin, request_fingerprint
+    from shop.models import IdempotencyRecord
+    from shop.sharding import shard_for_user
+
+    broke = UserFactory(username="broke")
+    line = order.lines.get()
+    unpaid = orders.order_place(user_id=broke.id, items=[{"sku": line.sku_code, "quantity": 1}])
+    path = path.format(order_id=unpaid.id)
+    claim = idempotency_begin(
+        using=shard_for_user(broke.id),
+        user_id=broke.id,
+        key=key,
+        fingerprint=request_fingerprint(method="POST", path=path, body={"method": "wallet"}),
+    )
+    first = payment_pay(
+        order_id=unpaid.id,
+        user_id=broke.id,
+        method="wallet",
+        on_started=lambda payment: claim.attach(str(payment.id)),
+    )
+    IdempotencyRecord.objects.using(claim.using).filter(id=claim.record_id).update(
+        locked_until=timezone.now() - timedelta(seconds=1)
+    )
+    return broke, unpaid, claim, first

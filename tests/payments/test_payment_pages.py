@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
-from django.utils import timezone
 
 from apps.orders.models import Order
 from apps.payments.models import Account, Payment, Transfer
 from apps.payments.services import payment_pay
-from shop.idempotency import idempotency_begin, request_fingerprint
 from shop.models import IdempotencyRecord
-from shop.sharding import shard_for_id, shard_for_user
+from shop.sharding import shard_for_id
 from tests.factories.users import UserFactory
 from tests.orders.conftest import assert_invariants_hold
+from tests.payments.conftest import payment_started_then_crashed
 
 ALL = "__all__"
 
@@ -63,30 +60,13 @@ def test_a_failed_payment_explains_and_offers_another_try(client, order):
 
 @pytest.mark.django_db(databases=ALL)
 def test_a_pay_key_taken_over_after_a_crash_shows_its_payment_and_never_pays_again(client, order):
-    from apps.orders import services as orders
-
     # Given a first request that started a payment (it failed: the wallet is empty) and died
-    # before it could remember its answer
-    broke = UserFactory(username="broke")
-    line = order.lines.get()
-    unpaid = orders.order_place(user_id=broke.id, items=[{"sku": line.sku_code, "quantity": 1}])
-    path = f"/orders/{unpaid.id}/pay/"
-    claim = idempotency_begin(
-        using=shard_for_user(broke.id),
-        user_id=broke.id,
-        key="storefront-pay:k",
-        fingerprint=request_fingerprint(method="POST", path=path, body={"method": "wallet"}),
-    )
-    first = payment_pay(
-        order_id=unpaid.id,
-        user_id=broke.id,
-        method="wallet",
-        on_started=lambda payment: claim.attach(str(payment.id)),
+    # before it could remember its answer; its lock ran out
+    broke, unpaid, claim, first = payment_started_then_crashed(
+        order=order, path="/orders/{order_id}/pay/", key="storefront-pay:k"
     )
     assert first.status == "failed"
-    IdempotencyRecord.objects.using(claim.using).filter(id=claim.record_id).update(
-        locked_until=timezone.now() - timedelta(seconds=1)
-    )  # its lock ran out
+    path = f"/orders/{unpaid.id}/pay/"
 
     # When the browser sends the same form again
     client.force_login(broke)
@@ -109,7 +89,6 @@ def test_others_cannot_open_the_payment_page(client, order):
 
 @pytest.mark.django_db(databases=ALL)
 def test_payment_admin_pages_and_an_audited_top_up(client, shopper, order, channels):
-    from apps.payments.services import payment_pay
 
     payment = payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
     operator = UserFactory(username="op", is_staff=True, is_superuser=True)

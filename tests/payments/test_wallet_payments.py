@@ -14,6 +14,7 @@ from apps.payments.services import payment_pay
 from apps.payments.services.ledger import wallet_topup
 from shop.sharding import shard_for_id
 from tests.orders.conftest import api_client, assert_invariants_hold, new_key
+from tests.payments.conftest import payment_started_then_crashed
 
 ALL = "__all__"
 
@@ -108,37 +109,12 @@ def test_the_api_pays_and_replays_by_key(shopper, order):
 
 @pytest.mark.django_db(databases=ALL)
 def test_the_api_reports_the_payment_a_crashed_request_started_instead_of_paying_again(order):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from apps.orders import services as orders
-    from shop.idempotency import idempotency_begin, request_fingerprint
-    from shop.models import IdempotencyRecord
-    from shop.sharding import shard_for_user
-    from tests.factories.users import UserFactory
-
     # Given a request that started a payment (failed: empty wallet) and died before answering
-    broke = UserFactory(username="broke")
-    unpaid = orders.order_place(
-        user_id=broke.id, items=[{"sku": order.lines.get().sku_code, "quantity": 1}]
+    key = new_key()
+    broke, unpaid, _, first = payment_started_then_crashed(
+        order=order, path="/api/v1/orders/{order_id}/payments/", key=key
     )
-    path, key = f"/api/v1/orders/{unpaid.id}/payments/", new_key()
-    claim = idempotency_begin(
-        using=shard_for_user(broke.id),
-        user_id=broke.id,
-        key=key,
-        fingerprint=request_fingerprint(method="POST", path=path, body={"method": "wallet"}),
-    )
-    first = payment_pay(
-        order_id=unpaid.id,
-        user_id=broke.id,
-        method="wallet",
-        on_started=lambda payment: claim.attach(str(payment.id)),
-    )
-    IdempotencyRecord.objects.using(claim.using).filter(id=claim.record_id).update(
-        locked_until=timezone.now() - timedelta(seconds=1)
-    )
+    path = f"/api/v1/orders/{unpaid.id}/payments/"
 
     # When the client retries with the same key, then it gets that payment, and only that one
     response = api_client(broke).post(
