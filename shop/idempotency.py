@@ -138,8 +138,13 @@ class IdempotencyClaim:
         self.finished = True
 
     def release(self) -> bool:
-        """Forget the key (the request had no effect); only while this claim still owns it."""
+        """Let the key go, only while this claim still owns it. A request that had no effect
+        forgets it. One that already created its resource (:meth:`attach`) must not: the key
+        is left for the client's retry to take over at once and resume that resource
+        (:meth:`resume_or_start`) instead of being refused by it or creating another."""
         self.finished = True
+        if self.resource_id:
+            return bool(self._mine().update(locked_until=timezone.now()))
         return bool(self._mine().delete()[0])
 
 

@@ -202,3 +202,34 @@ def test_thirty_concurrent_payments_of_one_order_capture_once(shopper, order):
     wallet = _wallet(shopper)
     assert (wallet.available, wallet.frozen) == (7000, 0)
     assert_invariants_hold()
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases=ALL, transaction=True)
+def test_a_payment_request_failing_after_it_started_the_payment_is_resumed_by_its_retry(
+    shopper, order, monkeypatch
+):
+    from django.db import OperationalError
+
+    from apps.payments.services import coordinator
+
+    def lost(tcc, payment):
+        raise OperationalError("the default database went away")
+
+    # Given a request that started the payment, then failed before it could finish it
+    path, key = f"/api/v1/orders/{order.id}/payments/", new_key()
+    client = api_client(shopper)
+    with monkeypatch.context() as patch:
+        patch.setattr(coordinator, "_pay_with_wallet", lost)
+        failed = client.post(path, {"method": "wallet"}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert failed.status_code == 503
+    (started,) = Payment.objects.using(shard_for_id(order.id)).filter(order_id=order.id)
+
+    # When the client retries with the same key, then it is told about that payment: no
+    # second payment, no "payment in progress" refusal for its own payment
+    retried = client.post(path, {"method": "wallet"}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert retried.status_code == 201, retried.json()
+    assert retried.json()["id"] == str(started.id)
+    payments = Payment.objects.using(shard_for_id(order.id)).filter(order_id=order.id)
+    assert list(payments.values_list("id", flat=True)) == [started.id]
+    assert_invariants_hold()
