@@ -257,6 +257,21 @@ class Payment(models.Model):
                 name="payments_amounts_consistent",
             ),
         ]
+        indexes = [
+            # A day's captures at one channel (nightly reconciliation), without a scan of
+            # every payment ever made.
+            models.Index(
+                fields=["channel", "settled_at"],
+                condition=Q(captured_amount__gt=0),
+                name="payments_settled_captures",
+            ),
+            # Payments left unknown or pending, oldest first (the stuck-payments janitor).
+            models.Index(
+                fields=["updated_at"],
+                condition=Q(status__in=["unknown", "pending"]),
+                name="payments_unsettled",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"payment {self.id} ({self.status})"
@@ -302,6 +317,14 @@ class Refund(models.Model):
         ordering = ["-id"]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="payments_refund_positive")
+        ]
+        # A day's succeeded refunds (nightly reconciliation).
+        indexes = [
+            models.Index(
+                fields=["updated_at"],
+                condition=Q(status="succeeded"),
+                name="payments_refunds_settled",
+            )
         ]
 
     def __str__(self) -> str:
