@@ -207,6 +207,7 @@ class SettlementFileAdmin(ReadOnlyAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             lines = io.TextIOWrapper(data["file"].file, encoding="utf-8", newline="")
+            settlement = summary = None
             try:
                 settlement = settlement_import(
                     channel=data["channel"],
@@ -215,14 +216,22 @@ class SettlementFileAdmin(ReadOnlyAdmin):
                     source=SettlementFile.Source.UPLOADED,
                     actor=f"operator:{request.user.pk}",
                 )
-                summary = reconcile_day(
-                    channel=data["channel"],
-                    business_day=data["business_day"],
-                    settlement=settlement,
-                )
             except (SettlementFileInvalid, SettlementUnavailable) as exc:
                 form.add_error("file", f"{exc.message} — nothing was imported.")
-            else:
+            if settlement is not None:
+                try:
+                    summary = reconcile_day(
+                        channel=data["channel"],
+                        business_day=data["business_day"],
+                        settlement=settlement,
+                    )
+                except SettlementUnavailable as exc:  # e.g. the day is being reconciled now
+                    form.add_error(
+                        "file",
+                        f"Imported {settlement.row_count} rows, but not reconciled: "
+                        f"{exc.message} Upload the same file again later to reconcile it.",
+                    )
+            if summary is not None:
                 run = summary.run
                 self.message_user(
                     request,

@@ -114,3 +114,19 @@ def test_the_chart_counts_a_re_run_day_once(client, operator):
     amounts = {bar["day"]: bar["amount"] for bar in chart.context["bars"]}
     assert amounts[day] == 400 + 30
     assert amounts[day - timedelta(days=1)] == 5
+
+
+def test_an_upload_while_the_day_is_being_reconciled_says_it_was_imported(client, operator):
+    from shop.locks import OwnedLock
+
+    lock = OwnedLock("reconcile:alpha:2026-11-30", ttl=60)
+    assert lock.acquire()  # a run of that day is in progress elsewhere
+    try:
+        response = _upload(client, CSV)
+    finally:
+        lock.release()
+    assert response.status_code == 200
+    assert "Imported 2 rows, but not reconciled" in response.content.decode()
+    assert SettlementFile.objects.count() == 1 and not ReconciliationRun.objects.exists()
+    assert _upload(client, CSV).status_code == 302  # the same file again: reconciled now
+    assert ReconciliationRun.objects.get().status == "completed"
