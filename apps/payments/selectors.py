@@ -23,6 +23,11 @@ def payment_get(*, payment_id: int, user_id: int | None = None) -> Payment | Non
     return queryset.prefetch_related("attempts").first()
 
 
+def card_channel_codes() -> list[str]:
+    """The codes of the channels that take cards (and settle them in files), by code."""
+    return [c.code for c in PaymentChannel.objects.order_by("code") if "card" in c.methods]
+
+
 def refund_get(*, refund_id: int) -> Refund | None:
     if not id_is_plausible(refund_id):
         return None

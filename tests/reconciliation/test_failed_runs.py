@@ -51,3 +51,19 @@ def test_the_nightly_job_reconciles_the_other_channels_when_one_breaks(
     }
     assert "could not be read" in ReconciliationRun.objects.get(channel="alpha").error
     assert_invariants_hold()
+
+
+def test_the_command_reports_a_broken_channel_and_reconciles_the_others(
+    acquirer, channels, alpha_breaks
+):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError, match="some channels could not be reconciled"):
+        call_command("reconcile", "--date", datetime.now(UTC).date().isoformat(),
+                     stdout=out, stderr=err)  # fmt: skip
+    assert "alpha: RuntimeError: our side of alpha could not be read" in err.getvalue()
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["beta", "gamma"]
+    assert_invariants_hold()

@@ -17,8 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from apps.payments.models import PaymentChannel
-from apps.payments.selectors import payment_get, settled_items
+from apps.payments.selectors import card_channel_codes, payment_get, settled_items
 from apps.payments.services import payment_settle_now
 from apps.payments.services.channels import ChannelClient, ChannelError
 from apps.payments.services.ledger import card_capture_reversal
@@ -332,14 +331,13 @@ def reconcile_all(*, business_day: date) -> list[ReconciliationRun]:
     not stop the others: its run is recorded as failed and the error logged. Returns the runs
     that completed."""
     runs = []
-    card_channels = [c for c in PaymentChannel.objects.order_by("code") if "card" in c.methods]
-    for channel in card_channels:
+    for channel in card_channel_codes():
         try:
-            runs.append(reconcile_day(channel=channel.code, business_day=business_day).run)
+            runs.append(reconcile_day(channel=channel, business_day=business_day).run)
         except SettlementUnavailable as exc:
-            logger.warning("reconciliation of %s %s failed: %s", channel.code, business_day, exc)
+            logger.warning("reconciliation of %s %s failed: %s", channel, business_day, exc)
         except Exception:  # logged with its traceback; the next channel still runs
-            logger.exception("reconciliation of %s %s failed", channel.code, business_day)
+            logger.exception("reconciliation of %s %s failed", channel, business_day)
     return runs
 
 

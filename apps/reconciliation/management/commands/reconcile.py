@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.payments.models import PaymentChannel
+from apps.payments.selectors import card_channel_codes
 from apps.reconciliation.exceptions import SettlementFileInvalid, SettlementUnavailable
 from apps.reconciliation.models import SettlementFile
 from apps.reconciliation.services import reconcile_day, settlement_import
@@ -27,7 +27,7 @@ class Command(BaseCommand):
             day = date.fromisoformat(options["date"])
         except ValueError as exc:
             raise CommandError(f"--date {options['date']!r} is not YYYY-MM-DD") from exc
-        known = [c.code for c in PaymentChannel.objects.order_by("code") if "card" in c.methods]
+        known = card_channel_codes()
         channels = [options["channel"]] if options["channel"] else known
         for channel in channels:
             if channel not in known:
@@ -53,6 +53,10 @@ class Command(BaseCommand):
                 summary = reconcile_day(channel=channel, business_day=day, settlement=settlement)
             except SettlementUnavailable as exc:
                 self.stderr.write(self.style.ERROR(exc.message))
+                failed = True
+                continue
+            except Exception as exc:  # noqa: BLE001 - recorded as a failed run; others go on
+                self.stderr.write(self.style.ERROR(f"{channel}: {type(exc).__name__}: {exc}"))
                 failed = True
                 continue
             run = summary.run
