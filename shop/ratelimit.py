@@ -29,7 +29,9 @@ Shared state
 With the Redis cache (services profile) the ``TAT`` of a key lives in one Redis string under
 ``cache.make_key("ratelimit:" + key)``. Each check is one atomic Lua script that reads the clock
 with ``TIME`` on the Redis server (never a process's clock), so any number of processes share
-one exact limit. Every write sets a TTL of the time until ``TAT`` is reached (rounded up to the
+one exact limit. Several limits of one request (the system-wide and the per-route layer) go in
+one script call, all or nothing (:func:`gcra_check_all`): a request one limit refuses is
+counted in none. Every write sets a TTL of the time until ``TAT`` is reached (rounded up to the
 millisecond, at least one second): after that the stored state is equivalent to no state, so
 idle keys vanish by themselves and every limiter key carries a TTL.
 
@@ -55,6 +57,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -136,42 +139,51 @@ class Decision:
 
 # --- GCRA, on Redis --------------------------------------------------------------------------
 
-# KEYS[1] = the limiter's key; its value is TAT in microseconds on the clock below.
-# ARGV = interval_us (T), tolerance_us (τ), cost, now_us ('' = the Redis server's TIME; an
-# explicit clock is for tests and simulations only), min_ttl_ms. All integers.
-# Returns {allowed (0/1), retry_us, remaining}. _gcra_step below is the same computation in
-# Python; keep the two in step.
+# KEYS = one limiter key per check; each value is a TAT in microseconds on the clock below.
+# ARGV = now_us ('' = the Redis server's TIME; an explicit clock is for tests and simulations
+# only), min_ttl_ms, then per key: interval_us (T), tolerance_us (τ), cost. All integers.
+# All or nothing: the request is admitted only if every key admits it, and only then are the
+# keys written, so a request one layer refuses uses up no other layer's budget.
+# Returns {allowed (0/1), retry_us, remaining, index}: for a refusal, the first refusing key's
+# retry and remaining and its 1-based index; when admitted, the fewest remaining of any key and
+# index 0. _gcra_step below is the same computation in Python; keep the two in step.
 _GCRA_SCRIPT = """
-local key = KEYS[1]
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-
 -- Redis < 5 replicates scripts verbatim, which forbids writes after TIME; later: a no-op.
 if redis.replicate_commands then redis.replicate_commands() end
 local now
-if ARGV[4] ~= '' then
-    now = tonumber(ARGV[4])
+if ARGV[1] ~= '' then
+    now = tonumber(ARGV[1])
 else
     local clock = redis.call('TIME')
     now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 end
 
--- GET answers false for a missing key, and tonumber(false) is nil: no state = idle.
-local tat = tonumber(redis.call('GET', key))
-if tat == nil or tat < now then tat = now end
-
-local new_tat = tat + cost * interval
-local allow_at = new_tat - tolerance
-if now < allow_at then
-    local remaining = math.floor((tolerance - (tat - now)) / interval)
-    return {0, allow_at - now, math.max(remaining, 0)}
+local new_tats = {}
+local fewest = nil
+for i, key in ipairs(KEYS) do
+    local interval = tonumber(ARGV[3 * i])
+    local tolerance = tonumber(ARGV[3 * i + 1])
+    local cost = tonumber(ARGV[3 * i + 2])
+    -- GET answers false for a missing key, and tonumber(false) is nil: no state = idle.
+    local tat = tonumber(redis.call('GET', key))
+    if tat == nil or tat < now then tat = now end
+    local new_tat = tat + cost * interval
+    local allow_at = new_tat - tolerance
+    if now < allow_at then
+        local remaining = math.floor((tolerance - (tat - now)) / interval)
+        return {0, allow_at - now, math.max(remaining, 0), i}
+    end
+    new_tats[i] = new_tat
+    local remaining = math.max(math.floor((tolerance - (new_tat - now)) / interval), 0)
+    if fewest == nil or remaining < fewest then fewest = remaining end
 end
 
--- Numbers this large must not go through tostring (%.14g); format them as integers.
-local ttl_ms = math.max(tonumber(ARGV[5]), math.ceil((new_tat - now) / 1000))
-redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
-return {1, 0, math.max(math.floor((tolerance - (new_tat - now)) / interval), 0)}
+for i, key in ipairs(KEYS) do
+    -- Numbers this large must not go through tostring (%.14g); format them as integers.
+    local ttl_ms = math.max(tonumber(ARGV[2]), math.ceil((new_tats[i] - now) / 1000))
+    redis.call('SET', key, string.format('%d', new_tats[i]), 'PX', string.format('%d', ttl_ms))
+end
+return {1, 0, fewest, 0}
 """
 
 
@@ -203,14 +215,17 @@ def _redis_delete(full_key: str) -> None:
     get_redis_connection("default").delete(full_key)
 
 
-def _redis_check(full_key: str, params: _Params, now_us: int | None) -> _Step:
+def _redis_check(
+    full_keys: list[str], params: list[_Params], now_us: int | None
+) -> tuple[_Step, int]:
+    """One script call for every key; (the step, the 0-based index of the refusing key or -1)."""
     client = get_redis_connection("default")
     script = client.register_script(_GCRA_SCRIPT)
-    allowed, retry_us, remaining = script(
-        keys=[full_key],
-        args=[*params, "" if now_us is None else now_us, MIN_TTL_MS],
-    )
-    return _Step(bool(allowed), int(retry_us), int(remaining), tat_us=0)
+    args: list[int | str] = ["" if now_us is None else now_us, MIN_TTL_MS]
+    for p in params:
+        args.extend(p)
+    allowed, retry_us, remaining, index = script(keys=full_keys, args=args)
+    return _Step(bool(allowed), int(retry_us), int(remaining), tat_us=0), int(index) - 1
 
 
 # --- The same GCRA, per process ----------------------------------------------------------------
@@ -242,16 +257,25 @@ class PerProcessLimiter:
         self._tats: dict[str, int] = {}
         self._sweep_at = self._MIN_SWEEP
 
-    def check(self, key: str, params: _Params, now_us: int | None = None) -> _Step:
+    def check(
+        self, keys: list[str], params: list[_Params], now_us: int | None = None
+    ) -> tuple[_Step, int]:
+        """All or nothing over ``keys``, as the script: (the step, the refusing key's index or
+        -1 when admitted; then ``remaining`` is the fewest of any key)."""
         with self._lock:
             now = time.monotonic_ns() // 1000 if now_us is None else now_us
-            step = _gcra_step(self._tats.get(key), now, params)
-            if step.allowed:
+            steps = []
+            for index, (key, p) in enumerate(zip(keys, params, strict=True)):
+                step = _gcra_step(self._tats.get(key), now, p)
+                if not step.allowed:
+                    return step, index
+                steps.append(step)
+            for key, step in zip(keys, steps, strict=True):
                 self._tats[key] = step.tat_us
-                if len(self._tats) >= self._sweep_at:
-                    self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
-                    self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._tats))
-            return step
+            if len(self._tats) >= self._sweep_at:
+                self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+                self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._tats))
+            return min(steps, key=lambda step: step.remaining), -1
 
     def reset(self, key: str | None = None) -> None:
         """Forget ``key``'s state, or every key's when None."""
@@ -291,37 +315,48 @@ def _redis_key(key: str) -> str:
     return cache.make_key("ratelimit:" + key)
 
 
-def _decide(
-    key: str, limit: Limit, cost: int, layer: str, fail: FailMode, now: float | None
-) -> Decision:
-    if not key:
+class Check(NamedTuple):
+    """One limit a request must pass: its key, its limit, its layer (for the refusal count)."""
+
+    key: str
+    limit: Limit
+    layer: str = ""
+    cost: int = 1
+
+
+def _decide(checks: Sequence[Check], fail: FailMode, now: float | None) -> tuple[Decision, str]:
+    if not checks or not all(check.key for check in checks):
         raise ValueError("a rate limit needs a key")
     if fail not in ("open", "closed"):
         raise ValueError('fail must be "open" or "closed"')
-    params = _params(limit, cost)
+    keys = [check.key for check in checks]
+    params = [_params(check.limit, check.cost) for check in checks]
     now_us = None if now is None else round(now * _MICROS)
-    step: _Step | None = None
+    result: tuple[_Step, int] | None = None
     if cache_is_redis():
-        step = cache_shared(
-            "ratelimit", _unreachable_warning, key, _redis_check, _redis_key(key), params, now_us
-        )
-        if step is None and fail == "closed":
+        result = cache_shared(
+            "ratelimit", _unreachable_warning, ", ".join(keys),
+            _redis_check, [_redis_key(key) for key in keys], params, now_us,
+        )  # fmt: skip
+        if result is None and fail == "closed":
             decision = Decision(
                 allowed=False, retry_after=FAIL_CLOSED_RETRY_AFTER, remaining=0, degraded=True
             )
-            _count(decision, layer)
-            return decision
-    degraded = step is None
-    if step is None:
-        step = per_process_limiter.check(key, params, now_us)
+            _count(decision, checks[0].layer)
+            return decision, checks[0].layer
+    degraded = result is None
+    if result is None:
+        result = per_process_limiter.check(keys, params, now_us)
+    step, refused = result
     decision = Decision(
         allowed=step.allowed,
         retry_after=step.retry_us / _MICROS,
         remaining=step.remaining,
         degraded=degraded,
     )
+    layer = checks[refused].layer if refused >= 0 else ""
     _count(decision, layer)
-    return decision
+    return decision, layer
 
 
 def _count(decision: Decision, layer: str) -> None:
@@ -341,7 +376,16 @@ def gcra_check(
     Never raises because of Redis. Raises ValueError for an empty key, an unknown ``fail``, a
     cost below 1, or a cost above ``limit.burst`` (it could never be admitted).
     """
-    return _decide(key, limit, cost, layer, fail, None)
+    return _decide([Check(key, limit, layer, cost)], fail, None)[0]
+
+
+def gcra_check_all(checks: Sequence[Check], *, fail: FailMode = "open") -> tuple[Decision, str]:
+    """:func:`gcra_check` for several limits at once (e.g. the system-wide and the per-route
+    layer of one request): one atomic script, admitted only if every limit admits it, and only
+    then consumed in each. Returns the decision and the refusing check's layer ("" when
+    admitted; the first check's when refused because Redis is unreachable and ``fail`` is
+    "closed"). When admitted, ``remaining`` is the fewest any limit has left."""
+    return _decide(checks, fail, None)
 
 
 def gcra_check_at(
@@ -360,7 +404,7 @@ def gcra_check_at(
     with :func:`gcra_check` (the two clocks have nothing in common), and production code must
     not pass a process's clock, which is what the Redis clock is there to avoid.
     """
-    return _decide(key, limit, cost, layer, fail, now)
+    return _decide([Check(key, limit, layer, cost)], fail, now)[0]
 
 
 def gcra_reset(key: str) -> None:

@@ -24,7 +24,7 @@ from django_ratelimit.core import get_usage
 
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.errors import ServiceUnavailable, ShopError, render_error
-from shop.ratelimit import RATE_LIMITED, Limit, gcra_check
+from shop.ratelimit import RATE_LIMITED, Check, Limit, gcra_check_all
 from shop.runtime import limit_rule, switch_on
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -46,21 +46,29 @@ def _refuse(retry_after: float, *, layer: str) -> None:
     raise RateLimited(extra={"layer": layer}, retry_after=max(1, math.ceil(retry_after)))
 
 
-def limit_check(layer: str, key: str, *, fail: str = "open", cost: int = 1) -> None:
-    """Apply one GCRA layer to ``key``; raises RateLimited, or ServiceUnavailable when the
-    layer fails closed and Redis is unreachable."""
-    rule = limit_rule(layer)
-    if rule is None:
+def limits_check(layers: list[tuple[str, str]], *, fail: str = "open") -> None:
+    """Apply GCRA layers ((layer, key) pairs; the operators' disabled ones skipped) in one
+    call: admitted only if every layer admits, and only then counted in each. Raises
+    RateLimited naming the refusing layer, or ServiceUnavailable when failing closed and Redis
+    is unreachable."""
+    checks = []
+    for layer, key in layers:
+        if (rule := limit_rule(layer)) is not None:
+            limit = Limit(rule.rate, rule.period, rule.burst)
+            checks.append(Check(f"{layer}:{key}", limit, layer))
+    if not checks:
         return
-    decision = gcra_check(
-        f"{layer}:{key}", Limit(rule.rate, rule.period, rule.burst), cost=cost, layer=layer,
-        fail=fail,
-    )  # fmt: skip
+    decision, layer = gcra_check_all(checks, fail=fail)
     if decision.allowed:
         return
     if decision.degraded and fail == "closed":
         raise ServiceUnavailable("Payments are paused for a moment; please try again shortly.")
     _refuse(decision.retry_after, layer=layer)
+
+
+def limit_check(layer: str, key: str, *, fail: str = "open") -> None:
+    """One GCRA layer (see :func:`limits_check`)."""
+    limits_check([(layer, key)], fail=fail)
 
 
 def hot_sku_check(sku_id: int) -> None:
@@ -156,8 +164,8 @@ class ThrottleMiddleware:
                 raise ServiceUnavailable(
                     "The shop is in browse-only mode for a moment; orders are paused."
                 )
-            limit_check("system", "all", fail=fail)
-            limit_check("endpoint", match.route if match else request.path_info, fail=fail)
+            route = match.route if match else request.path_info
+            limits_check([("system", "all"), ("endpoint", route)], fail=fail)
             if write:
                 if match and match.url_name in LOGIN_ROUTES:
                     _login_checks(request)

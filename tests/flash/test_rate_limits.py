@@ -184,3 +184,16 @@ def test_behind_a_load_balancer_logins_are_limited_per_client_not_per_balancer(c
     assert login("203.0.113.5") == 429
     # ... another one behind the same balancer is not
     assert login("198.51.100.7") == 400
+
+
+def test_a_request_one_layer_refuses_uses_up_no_other_layers_budget(client):
+    _rule("system", 5, 60)
+    _rule("endpoint", 2, 60)
+    flood = [client.get("/api/v1/categories/") for _ in range(5)]
+    assert [r.status_code for r in flood] == [200, 200, 429, 429, 429]
+    assert flood[-1].json()["layer"] == "endpoint"
+    # The three refused used none of the system-wide budget: two more routes still answer
+    assert [client.get("/cart/").status_code for _ in range(2)] == [200, 200]
+    assert client.get("/accounts/login/").status_code == 200  # the fifth the system admits
+    refused = client.get("/api/v1/categories/phones/")  # a fresh route: only system is spent
+    assert (refused.status_code, refused.json()["layer"]) == (429, "system")
