@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -240,9 +241,15 @@ def checkout_queues_watch() -> dict[str, int]:
 # --- Load-based queueing --------------------------------------------------------------------------
 
 
+# A checkout counts as in flight for at most this long: a request whose process was killed
+# before it could say it finished stops counting then (gunicorn kills a request at WEB_TIMEOUT,
+# 30 s by default), instead of raising the count for good.
+IN_FLIGHT_HORIZON = 60.0
+
+
 class checkout_in_flight:
-    """Counts checkouts in flight across processes (Redis); ``busy`` says whether this one
-    should be queued. Without Redis it never queues."""
+    """Counts checkouts in flight across processes (a Redis sorted set of the requests by start
+    time); ``busy`` says whether this one should be queued. Without Redis it never queues."""
 
     key = "checkout:in-flight"
 
@@ -252,16 +259,19 @@ class checkout_in_flight:
         if not cache_is_redis() or not cache_available():
             return self
         try:
-            client = get_redis_connection("default")
             from django.core.cache import cache
 
             self.full_key = cache.make_key(self.key)
-            pipe = client.pipeline()
-            pipe.incr(self.full_key)
-            pipe.expire(self.full_key, 60)
-            now, _ = pipe.execute()
+            self.token = secrets.token_hex(8)
+            now = time.time()
+            pipe = get_redis_connection("default").pipeline()
+            pipe.zremrangebyscore(self.full_key, "-inf", now - IN_FLIGHT_HORIZON)
+            pipe.zadd(self.full_key, {self.token: now})
+            pipe.zcard(self.full_key)
+            pipe.expire(self.full_key, int(IN_FLIGHT_HORIZON))
+            _, _, in_flight, _ = pipe.execute()
             self.counted = True
-            self.busy = now > settings.CHECKOUT_QUEUE_ABOVE_INFLIGHT
+            self.busy = in_flight > settings.CHECKOUT_QUEUE_ABOVE_INFLIGHT
         except CACHE_BACKEND_ERRORS:
             pass
         return self
@@ -269,7 +279,7 @@ class checkout_in_flight:
     def __exit__(self, *exc: object) -> None:
         if self.counted:
             with contextlib.suppress(*CACHE_BACKEND_ERRORS):
-                get_redis_connection("default").decr(self.full_key)
+                get_redis_connection("default").zrem(self.full_key, self.token)
 
 
 # --- Admission -----------------------------------------------------------------------------------
