@@ -53,9 +53,14 @@ class FlashSaleForm(forms.Form):
 @admin.register(FlashSale)
 class FlashSaleAdmin(admin.ModelAdmin):
     list_display = ["sku", "units", "per_user_limit", "active", "gate", "started_at", "ended_at"]
+    list_select_related = ["sku"]
     list_filter = ["active"]
     actions = ["end_sales", "repair_gates"]
     change_list_template = "admin/inventory/flashsale/change_list.html"
+
+    @admin.display(description="per buyer")
+    def per_user_limit(self, sale: FlashSale) -> int | None:
+        return sale.sku.per_user_limit
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

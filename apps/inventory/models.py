@@ -79,8 +79,9 @@ class FlashSale(models.Model):
     database reservation stays the truth; the gate only keeps the crowd off the database."""
 
     sku = models.OneToOneField("catalog.Sku", on_delete=models.PROTECT, related_name="+")
+    # The per-buyer limit is the SKU's own (Sku.per_user_limit): one value, which the order
+    # placement and the gate both read.
     units = models.PositiveIntegerField(help_text="Units put on sale when it started.")
-    per_user_limit = models.PositiveIntegerField(null=True, blank=True)
     active = models.BooleanField(default=True)
     started_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)

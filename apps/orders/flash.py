@@ -85,7 +85,7 @@ class _FlashList:
                         code: FlashSku(sku_id, code, limit)
                         for sku_id, code, limit in FlashSale.objects.filter(active=True)
                         .select_related("sku")
-                        .values_list("sku_id", "sku__code", "per_user_limit")
+                        .values_list("sku_id", "sku__code", "sku__per_user_limit")
                     }
                     self.loaded_at = time.monotonic()
         return self.by_code
@@ -158,8 +158,7 @@ def flash_sale_start(*, sku_code: str, stock: int, per_user_limit: int | None) -
         sku_per_user_limit_set(sku=sku, per_user_limit=per_user_limit)
         sale, _ = FlashSale.objects.update_or_create(
             sku=sku,
-            defaults={"units": stock, "per_user_limit": per_user_limit, "active": True,
-                      "ended_at": None},
+            defaults={"units": stock, "active": True, "ended_at": None},
         )  # fmt: skip
     flash_list.forget()
     truth = flash_sale_truth(sku_id=sku.id)
@@ -528,7 +527,7 @@ def flash_sales_status() -> list[FlashSaleStatus]:
                 sku_id=sale.sku_id,
                 code=sale.sku.code,
                 units=sale.units,
-                per_user_limit=sale.per_user_limit,
+                per_user_limit=sale.sku.per_user_limit,
                 started_at=sale.started_at,
                 units_left=state.remaining if state else None,
                 queued=state.queued if state else 0,

@@ -197,3 +197,21 @@ def test_a_give_back_forgets_the_attempt_only_when_asked(sale):
     assert replay.status_code == 202 and replay.headers.get("Idempotent-Replayed")
     assert len(_tickets()) == 1
     assert_invariants_hold()
+
+
+def test_the_per_buyer_limit_is_the_skus_own_and_a_change_reaches_the_gate(sale):
+    sku, buyer = sale
+    client = api_client(buyer)
+    for _ in range(LIMIT):
+        assert _buy(client, sku, new_key()).status_code == 202
+    refused = _buy(client, sku, new_key())
+    assert (refused.status_code, refused.json()["code"]) == (409, "purchase_limit_exceeded")
+
+    # An operator raises the SKU's limit in the catalog mid-sale: the gate follows
+    sku.per_user_limit = LIMIT + 1
+    sku.save(update_fields=["per_user_limit"])
+    flash.flash_list.forget()  # (each process re-reads the list every FLASH_LIST_TTL seconds)
+    assert _buy(client, sku, new_key()).status_code == 202
+    (status,) = flash.flash_sales_status()
+    assert status.per_user_limit == LIMIT + 1
+    assert_invariants_hold()
