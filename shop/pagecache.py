@@ -9,7 +9,9 @@ stack. On a miss the request goes through as usual; if the view opted in with
 stored together with the versions read *before* the view ran. A write that commits bumps a
 group version, so every page built earlier stops being served at once — the same guarantee
 as ``shop.cache``. ``PAGE_CACHE_TTL`` bounds the staleness of what the groups do not cover
-(stock figures on the page).
+(stock figures on the page). The entry itself is kept for ``STALE_PAGE_TTL``: past its fresh
+spell (or once its groups changed) it is what the ``serve_stale`` switch answers with during
+a sale — one key and one write per page, not a fresh copy and a stale copy.
 
 Any cache failure falls through to the view.
 """
@@ -20,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,18 +70,22 @@ def page_key(request: HttpRequest) -> str | None:
     return "page:" + hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
-def _lookup(key: str) -> tuple[dict[str, Any] | None, list[int]]:
-    """The entry if still valid, and the current group versions (one round trip)."""
+def _lookup(key: str) -> tuple[dict[str, Any] | None, bool, list[int]]:
+    """The stored entry (if any), whether it is still fresh — its groups unchanged and
+    younger than PAGE_CACHE_TTL — and the current group versions (one round trip)."""
     groups = settings.PAGE_CACHE_GROUPS
     version_keys = [version_key(group) for group in groups]
     found = cache_call("page_get", cache.get_many, [key, *version_keys])
-    if any(found.get(vk) is None for vk in version_keys):
-        return None, group_versions(groups)  # creates the missing versions
-    versions = [int(found[vk]) for vk in version_keys]
     entry = found.get(key)
-    if entry is not None and entry.get("versions") == versions:
-        return entry, versions
-    return None, versions
+    if any(found.get(vk) is None for vk in version_keys):
+        return entry, False, group_versions(groups)  # creates the missing versions
+    versions = [int(found[vk]) for vk in version_keys]
+    fresh = (
+        entry is not None
+        and entry.get("versions") == versions
+        and time.time() < entry.get("fresh_until", 0)
+    )
+    return entry, fresh, versions
 
 
 def cacheable_page(accept: Callable[[HttpRequest], bool] | None = None) -> Callable[[View], View]:
@@ -118,13 +125,6 @@ def _replay(entry: dict[str, Any], how: str) -> HttpResponse:
     return response
 
 
-def _stale_copy(key: str) -> dict[str, Any] | None:
-    try:
-        return cache_call("page_stale", cache.get, f"stale:{key}")
-    except CacheUnavailable:
-        return None
-
-
 class PageCacheMiddleware:
     def __init__(self, get_response: View) -> None:
         self.get_response = get_response
@@ -134,15 +134,13 @@ class PageCacheMiddleware:
         if key is None:
             return self.get_response(request)
         try:
-            entry, versions = _lookup(key)
+            entry, fresh, versions = _lookup(key)
         except CacheUnavailable:
             return self.get_response(request)
-        if entry is None and switch_on("serve_stale"):
-            entry = _stale_copy(key)
-            if entry is not None:
-                return _replay(entry, "stale")
-        if entry is not None:
+        if fresh:
             return _replay(entry, "hit")
+        if entry is not None and switch_on("serve_stale"):
+            return _replay(entry, "stale")
 
         response = self.get_response(request)
         if _storable(request, response):
@@ -150,11 +148,11 @@ class PageCacheMiddleware:
                 "content": response.content,
                 "headers": {h: response[h] for h in _REPLAYED_HEADERS if response.has_header(h)},
                 "versions": versions,
+                "fresh_until": time.time() + settings.PAGE_CACHE_TTL,
             }
-            ttl = max(1, settings.PAGE_CACHE_TTL)
+            # One entry, kept for STALE_PAGE_TTL: fresh for PAGE_CACHE_TTL, then the copy the
+            # "serve_stale" switch falls back on during a sale.
             with contextlib.suppress(CacheUnavailable):  # logged; the response is still good
-                cache_call("page_set", cache.set, key, value, ttl)
-                # A long-lived copy the "serve_stale" switch can fall back on during a sale.
-                cache_call("page_set", cache.set, f"stale:{key}", value, settings.STALE_PAGE_TTL)
+                cache_call("page_set", cache.set, key, value, settings.STALE_PAGE_TTL)
         response[PAGE_CACHE_HEADER] = "miss"
         return response

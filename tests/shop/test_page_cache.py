@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from apps.catalog import services
@@ -95,3 +97,19 @@ def test_disabled_by_an_empty_path_pattern(client, settings):
     product = product_with_skus()
     client.get(_url(product))
     assert "X-Page-Cache" not in client.get(_url(product))
+
+
+@pytest.mark.django_db
+def test_a_page_past_its_fresh_spell_is_built_again_unless_serving_stale(client, settings):
+    from shop.runtime import switch_set
+
+    settings.PAGE_CACHE_TTL = 0.2
+    product = product_with_skus()
+    first = client.get(_url(product))
+    assert client.get(_url(product))["X-Page-Cache"] == "hit"
+    time.sleep(0.3)
+    assert client.get(_url(product))["X-Page-Cache"] == "miss"  # stale: built again
+    time.sleep(0.3)
+    switch_set(name="serve_stale", on=True)
+    stale = client.get(_url(product))
+    assert (stale["X-Page-Cache"], stale.content) == ("stale", first.content)
