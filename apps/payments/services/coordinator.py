@@ -79,9 +79,15 @@ def _payment(payment_id: int) -> Payment:
 
 
 def _branch(tcc: TccTransaction, name: str, status: str, detail: str = "") -> None:
-    """Record a branch's status for operators (one statement once the branch exists)."""
+    """Record a branch's status for operators: one statement. Registering inserts the row
+    (a branch registered before keeps its status); every later status updates it, creating it
+    if it is somehow missing."""
     fields = {"status": status, "detail": detail[:300], "updated_at": timezone.now()}
-    if not TccBranch.objects.filter(transaction=tcc, branch=name).update(**fields):
+    if status == B.REGISTERED:
+        TccBranch.objects.bulk_create(
+            [TccBranch(transaction=tcc, branch=name, **fields)], ignore_conflicts=True
+        )
+    elif not TccBranch.objects.filter(transaction=tcc, branch=name).update(**fields):
         TccBranch.objects.get_or_create(transaction=tcc, branch=name, defaults=fields)
 
 

@@ -68,14 +68,13 @@ def ledger_post(
     if sum(leg.amount for leg in legs) != 0:
         total = sum(leg.amount for leg in legs)
         raise LedgerUnbalanced(f"{kind} {reference}: entries sum to {total}")
-    existing = Transfer.objects.filter(kind=kind, reference=reference).first()
-    if existing is not None:
-        return existing, False
+    # No read first: the (kind, reference) constraint refuses a second posting at its first
+    # statement, and the transaction rolls back before any balance moves.
     try:
         return _post(kind, reference, legs, memo, actor), True
     except IntegrityError as exc:
         existing = Transfer.objects.filter(kind=kind, reference=reference).first()
-        if existing is not None:  # a concurrent posting of the same reference won
+        if existing is not None:  # posted before, or a concurrent posting won
             return existing, False
         raise InsufficientFunds() from exc
 
