@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from celery import current_app
 from django.conf import settings
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = list(settings.CELERY_WORKER_QUEUES)
@@ -29,12 +29,14 @@ def _db_url(db: dict) -> str:
 
 
 def purge_queues() -> None:
-    """Drop messages left in the shop's queues by earlier runs or tests."""
+    """Declare the shop's queues as Celery does (on a fresh broker nobody has yet) and drop
+    messages left in them by earlier runs or tests."""
     with Connection(settings.CELERY_BROKER_URL, connect_timeout=3) as connection:
         channel = connection.channel()
-        for queue in QUEUES:
+        for name in QUEUES:
             try:
-                channel.queue_purge(queue)
+                Queue(name, Exchange(name), routing_key=name)(channel).declare()
+                channel.queue_purge(name)
             except Exception:
                 channel = connection.channel()
 
