@@ -175,3 +175,32 @@ def test_a_token_write_looks_the_token_up_once(settings):
     with CaptureQueriesContext(connection) as queries:
         assert _post_order(f"Token {key}").status_code == 400
     assert sum('"authtoken_token"' in q["sql"] for q in queries.captured_queries) == 1
+
+
+def test_behind_a_load_balancer_junk_tokens_count_under_the_forwarded_client(settings):
+    # Given one trusted proxy and a budget of 2 writes
+    settings.TRUSTED_PROXY_HOPS = 1
+    _writes_budget(2)
+    client = APIClient()
+
+    def register(username: str, forwarded_for: str) -> int:
+        return client.post(
+            "/api/v1/auth/register/",
+            {"username": username, "password": PASSWORD},
+            format="json",
+            REMOTE_ADDR="10.0.0.1",
+            HTTP_X_FORWARDED_FOR=forwarded_for,
+            HTTP_AUTHORIZATION=f"Token {secrets.token_hex(20)}",
+        ).status_code
+
+    # When one client sends junk tokens, claiming other addresses further left
+    statuses = [
+        register("lb1", "203.0.113.5"),
+        register("lb2", "1.2.3.4, 203.0.113.5"),
+        register("lb3", "5.6.7.8, 203.0.113.5"),
+    ]
+    # Then it is the one client the balancer saw, whatever it claims or sends
+    assert statuses == [201, 201, 429]
+    # ... and another client behind the same balancer has its own budget
+    assert register("lb4", "198.51.100.7") == 201
+    assert User.objects.count() == 3
