@@ -4,7 +4,9 @@
 * ``endpoint``    — per route, GCRA;
 * ``hot_sku``     — per flash-sale SKU, GCRA (called from the checkout);
 * ``user_writes`` — per client on writes, django-ratelimit's fixed window (good enough there);
-* ``login``       — per IP and per username on logins, fixed window (password guessing).
+                    a client is the authenticated user, else the address (:func:`client_identity`);
+* ``login``       — per IP and per username on logins, fixed window (password guessing); the
+                    username in its canonical form (``shop.authentication.username_canonical``).
 
 A refusal is 429 ``rate_limited`` with ``Retry-After`` (a friendly page on the storefront). If
 Redis is unreachable, catalog and other routes fail open to a per-process limit, while payment
@@ -14,16 +16,20 @@ write with 503 here too.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django_ratelimit.core import get_usage
+from rest_framework.exceptions import AuthenticationFailed
 
+from shop.authentication import request_token_user, username_canonical
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.errors import ServiceUnavailable, ShopError, render_error
+from shop.parsing import ParseRefused, json_loads_bounded
 from shop.ratelimit import RATE_LIMITED, Check, Limit, gcra_check_all
 from shop.runtime import limit_rule, switch_on
 
@@ -89,10 +95,20 @@ def client_ip(request: HttpRequest) -> str:
 
 
 def client_identity(request: HttpRequest) -> str:
-    """Who is asking, for per-client limits: the API token, the session's user, or the IP."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    if header.startswith("Token "):
-        return "t:" + hashlib.sha256(header.encode()).hexdigest()[:24]
+    """Who is asking, for per-client limits: the authenticated user — the API token's (when
+    it resolves to an active user) or the session's — else the client's address.
+
+    A header is never an identity by itself: an invalid token counts under its address (DRF
+    answers it 401 on the routes that take tokens), and spacing or case variants of one valid
+    header are one user, since the header is parsed as DRF parses it."""
+    try:
+        resolved = request_token_user(request)
+    except AuthenticationFailed:
+        return "ip:" + client_ip(request)
+    except DatabaseError:  # cannot tell who it is: the address; the view reports the outage
+        return "ip:" + client_ip(request)
+    if resolved is not None:
+        return f"u:{resolved[0].pk}"
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         return f"u:{user.pk}"
@@ -126,18 +142,41 @@ def _fixed_window(request: HttpRequest, layer: str, key: Any, *, fail: str) -> N
         _refuse(usage.get("time_left", 1), layer=layer)
 
 
+# The per-username key of login bodies the throttle cannot read (see _login_username).
+UNREADABLE_LOGIN = "\x00unreadable"
+_FORM_TYPES = {"application/x-www-form-urlencoded", "multipart/form-data"}
+
+
+def _login_username(request: HttpRequest) -> str:
+    """The canonical username a login request names, read the way the login views read it
+    (form fields, else a JSON object's ``username``, a string or number as DRF's CharField
+    takes it); "" when it names none. A JSON body this cannot read (not in the request's
+    charset, nested deeper than ``json_loads_bounded`` goes) is ``UNREADABLE_LOGIN``: every
+    such body shares one window, so padding a login is no way around the per-username limit
+    even where a view's parser reads more than this one does."""
+    if request.content_type in _FORM_TYPES:
+        try:
+            raw = request.POST.get("username")
+        except MultiPartParserError:
+            return UNREADABLE_LOGIN
+        return username_canonical(raw) if isinstance(raw, str) else ""
+    body = request.body
+    if not body:
+        return ""
+    try:
+        data = json_loads_bounded(body.decode(request.encoding or settings.DEFAULT_CHARSET))
+    except (ParseRefused, UnicodeDecodeError, LookupError):
+        return UNREADABLE_LOGIN
+    raw = data.get("username") if isinstance(data, dict) else None
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        return ""
+    return username_canonical(str(raw))
+
+
 def _login_checks(request: HttpRequest) -> None:
     _fixed_window(request, "login", lambda group, r: "ip:" + client_ip(r),
                   fail="open")  # fmt: skip
-    username = (request.POST.get("username") or "").strip().lower()
-    if not username and request.content_type == "application/json":
-        import json
-
-        try:
-            username = str(json.loads(request.body or b"{}").get("username", "")).lower()
-        except (ValueError, AttributeError):
-            username = ""
-    if username:
+    if username := _login_username(request):
         _fixed_window(request, "login", lambda group, r: f"user:{username}", fail="open")
 
 
@@ -167,7 +206,7 @@ class ThrottleMiddleware:
             route = match.route if match else request.path_info
             limits_check([("system", "all"), ("endpoint", route)], fail=fail)
             if write:
-                if match and match.url_name in LOGIN_ROUTES:
+                if _is_login_route(match):
                     _login_checks(request)
                 elif _view_option(view, "client_write_limit", True):
                     _fixed_window(
@@ -184,6 +223,11 @@ def _view_option(view: Any, name: str, default: Any) -> Any:
     module. ``client_write_limit = False``: not counted under ``user_writes`` (e.g. a bank's
     signed webhooks, which all come from the bank's few addresses)."""
     return getattr(view, name, getattr(getattr(view, "cls", None), name, default))
+
+
+def _is_login_route(match: Any) -> bool:
+    # view_name carries the namespace: the admin's login is "admin:login" (url_name "login").
+    return bool(match and (match.url_name in LOGIN_ROUTES or match.view_name in LOGIN_ROUTES))
 
 
 def _read_only_exempt(request: HttpRequest, match: Any) -> bool:

@@ -8,15 +8,21 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
 
-from apps.users.exceptions import InvalidCredentials, RegistrationInvalid
+from apps.users.exceptions import USERNAME_TAKEN, InvalidCredentials, RegistrationInvalid
+from apps.users.selectors import username_taken
+from shop.authentication import username_normalize
 
 User = get_user_model()
 
 
 @transaction.atomic(using="default")
 def user_register(*, username: str, password: str, email: str = "") -> tuple[AbstractBaseUser, str]:
-    """Create a buyer account and its API token. Invalid input raises and writes nothing."""
-    username = username.strip()
+    """Create a buyer account and its API token. Invalid input raises and writes nothing.
+
+    The name is stored trimmed and NFKC-normalised, and refused when an account has it in any
+    case or width: checked here, and enforced by the unique index on ``lower(username)`` (a
+    concurrent twin that passed the check loses at the insert, with the same field error)."""
+    username = username_normalize(username)
     errors: dict[str, list[str]] = {}
     username_field = User._meta.get_field("username")
     try:
@@ -25,8 +31,8 @@ def user_register(*, username: str, password: str, email: str = "") -> tuple[Abs
             raise ValidationError("This field may not be blank.")
     except ValidationError as exc:
         errors["username"] = list(exc.messages)
-    if "username" not in errors and User.objects.filter(username__iexact=username).exists():
-        errors["username"] = ["A user with that username already exists."]
+    if "username" not in errors and username_taken(username=username):
+        errors["username"] = [USERNAME_TAKEN]
     if email:
         try:
             validate_email(email)
@@ -40,10 +46,8 @@ def user_register(*, username: str, password: str, email: str = "") -> tuple[Abs
         raise RegistrationInvalid(extra={"fields": errors})
     try:
         user = User.objects.create_user(username=username, email=email, password=password)
-    except IntegrityError as exc:  # a concurrent registration took the name
-        raise RegistrationInvalid(
-            extra={"fields": {"username": ["A user with that username already exists."]}}
-        ) from exc
+    except IntegrityError as exc:  # a concurrent registration took the name (or its twin)
+        raise RegistrationInvalid(extra={"fields": {"username": [USERNAME_TAKEN]}}) from exc
     token = Token.objects.create(user=user)
     return user, token.key
 

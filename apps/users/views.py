@@ -9,6 +9,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from apps.users.exceptions import RegistrationInvalid
 from apps.users.services import user_register
 
+# The backend a fresh account's session is bound to (it must be in AUTHENTICATION_BACKENDS).
+SESSION_BACKEND = "apps.users.backends.CanonicalUsernameBackend"
+
 
 class RegisterForm(forms.Form):
     username = forms.CharField(max_length=150)
@@ -46,6 +49,6 @@ def register(request: HttpRequest) -> HttpResponse:
                 for message in messages:
                     form.add_error(field if field in form.fields else None, message)
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            login(request, user, backend=SESSION_BACKEND)
             return redirect(_next_url(request))
     return render(request, "users/register.html", {"form": form, "next": _next_url(request)})

@@ -475,6 +475,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
+# ModelBackend, but a login finds the account by any spelling of its name (trimmed,
+# NFKC-normalised, any case): the form usernames are unique in and the login throttle counts
+# attempts under (docs/security-limits.md).
+AUTHENTICATION_BACKENDS = ["apps.users.backends.CanonicalUsernameBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
