@@ -149,11 +149,17 @@ class RefundActionsMixin:
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return user_may_refund(request.user)
 
-    def response_action(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
-        if request.POST.get("action") in self.refund_actions and not user_may_refund(request.user):
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        # Checked before Django's action handling, which would only say "No action selected"
+        # (or, with no action left to offer, nothing at all).
+        if (
+            request.method == "POST"
+            and request.POST.get("action") in self.refund_actions
+            and not user_may_refund(request.user)
+        ):
             self.message_user(request, REFUND_REFUSED, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
-        return super().response_action(request, queryset)
+        return super().changelist_view(request, extra_context)
 
     def _intermediate(
         self,

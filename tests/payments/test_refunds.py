@@ -209,3 +209,115 @@ def test_card_refunds_go_through_the_channel_and_wait_when_it_is_down(
     transfer = Transfer.objects.get(reference=f"refund-{waiting.id}")
     assert (transfer.memo, transfer.actor) == ("rest", "operator:1")
     assert_invariants_hold()
+
+
+# --- The payments admin's "Refund…" action -------------------------------------------------------
+
+
+def _second_order(shopper, order):
+    from apps.orders import services as orders
+
+    line = order.lines.get()
+    return orders.order_place(user_id=shopper.id, items=[{"sku": line.sku_code, "quantity": 1}])
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_an_operator_refunds_one_payment_from_the_admin(client, operator, shopper, order):
+    # Given a paid order, part of it already refunded
+    payment = payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
+    refund_create(order_id=order.id, amount=500, actor="operator:9", reason="earlier")
+    client.force_login(operator)
+    url = f"/admin/payments/payment/?shard={shard_for_id(payment.id)}"
+    assert "Refund… (asks the amount and why)" in client.get(url).content.decode()
+
+    # When the operator picks "Refund…" the form proposes what is left
+    form = client.post(url, {"action": "refund", "_selected_action": [payment.id]})
+    assert form.status_code == 200
+    assert form.context["form"].initial["amount"] == 2500
+
+    # A refund without a reason is not possible
+    before = written_counts()
+    blank = client.post(
+        url,
+        {"action": "refund", "_selected_action": [payment.id], "apply": "1", "amount": "700"},
+    )
+    assert blank.status_code == 200 and "reason" in blank.context["form"].errors
+    assert written_counts() == before
+
+    # And with one, the refund runs, in the operator's name
+    done = client.post(
+        url,
+        {
+            "action": "refund",
+            "_selected_action": [payment.id],
+            "apply": "1",
+            "amount": "700",
+            "reason": "customer service gesture",
+        },
+        follow=True,
+    )
+    assert any("done" in text for text in _messages(done))
+    refund = Refund.objects.using(shard_for_id(order.id)).filter(amount=700).get()
+    assert (refund.status, refund.actor, refund.reason) == (
+        "succeeded",
+        f"operator:{operator.id}",
+        "customer service gesture",
+    )
+    assert _wallet(shopper) == 7_000 + 500 + 700
+    assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_several_payments_are_refunded_in_full_with_one_reason(client, operator, shopper, order):
+    other = _second_order(shopper, order)
+    payments = [
+        payment_pay(order_id=o.id, user_id=shopper.id, method="wallet") for o in (order, other)
+    ]
+    client.force_login(operator)
+    url = f"/admin/payments/payment/?shard={shard_for_id(order.id)}"
+    selected = [p.id for p in payments]
+
+    with_amount = client.post(
+        url,
+        {"action": "refund", "_selected_action": selected, "apply": "1", "amount": "1",
+         "reason": "x"},
+        follow=True,
+    )  # fmt: skip
+    assert any("leave the amount empty" in text for text in _messages(with_amount))
+    assert not Refund.objects.using(shard_for_id(order.id)).exists()
+
+    client.post(
+        url,
+        {"action": "refund", "_selected_action": selected, "apply": "1", "reason": "recall"},
+    )
+    refunds = Refund.objects.using(shard_for_id(order.id)).order_by("amount")
+    assert [(r.amount, r.reason, r.status) for r in refunds] == [
+        (1500, "recall", "succeeded"),
+        (3000, "recall", "succeeded"),
+    ]
+    assert _order(order).status == "refunded" and _order(other).status == "refunded"
+    assert _wallet(shopper) == 10_000
+    assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_staff_without_the_permission_cannot_refund_from_the_admin(client, shopper, order):
+    payment = payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
+    client.force_login(support_user("viewer", permitted=False))
+    url = f"/admin/payments/payment/?shard={shard_for_id(payment.id)}"
+    assert "Refund…" not in client.get(url).content.decode()
+    before = written_counts()
+
+    response = client.post(
+        url,
+        {"action": "refund", "_selected_action": [payment.id], "apply": "1", "amount": "100",
+         "reason": "x"},
+        follow=True,
+    )  # fmt: skip
+
+    assert any("Only operators with the permission" in text for text in _messages(response))
+    assert written_counts() == before
