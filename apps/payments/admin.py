@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
@@ -135,8 +136,6 @@ REFUND_REFUSED = (
     "Only operators with the permission “payments | refund | Can refund payments” may refund. "
     "Nothing was done."
 )
-# Selected at once for one refund form (an accidental "select all" must not refund a shard).
-REFUND_BATCH_MAX = 50
 
 
 class RefundActionsMixin:
@@ -234,14 +233,13 @@ class PaymentAdmin(RefundActionsMixin, ShardedAdmin):
         if not user_may_refund(request.user):  # the mixin refuses first; never rely on one
             self.message_user(request, REFUND_REFUSED, messages.ERROR)
             return None
-        payments = list(queryset.filter(status="succeeded")[: REFUND_BATCH_MAX + 1])
+        most = settings.ADMIN_REFUND_BATCH_MAX
+        payments = list(queryset.filter(status="succeeded")[: most + 1])
         if not payments:
             self.message_user(request, "None of these payments was captured.", messages.WARNING)
             return None
-        if len(payments) > REFUND_BATCH_MAX:
-            self.message_user(
-                request, f"Select at most {REFUND_BATCH_MAX} payments at a time.", messages.ERROR
-            )
+        if len(payments) > most:
+            self.message_user(request, f"Select at most {most} payments at a time.", messages.ERROR)
             return None
         single = len(payments) == 1
         form = RefundForm(request.POST if "apply" in request.POST else None)

@@ -321,3 +321,22 @@ def test_staff_without_the_permission_cannot_refund_from_the_admin(client, shopp
 
     assert any("Only operators with the permission" in text for text in _messages(response))
     assert written_counts() == before
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_the_admin_refuses_more_payments_at_once_than_allowed(
+    client, settings, operator, shopper, order
+):
+    settings.ADMIN_REFUND_BATCH_MAX = 1
+    other = _second_order(shopper, order)
+    selected = [payment_pay(order_id=o.id, user_id=shopper.id, method="wallet").id
+                for o in (order, other)]  # fmt: skip
+    client.force_login(operator)
+    before = written_counts()
+    response = client.post(
+        f"/admin/payments/payment/?shard={shard_for_id(order.id)}",
+        {"action": "refund", "_selected_action": selected, "apply": "1", "reason": "all"},
+        follow=True,
+    )
+    assert any("at most 1 payments" in text for text in _messages(response))
+    assert written_counts() == before
