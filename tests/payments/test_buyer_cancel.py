@@ -146,6 +146,35 @@ def test_a_cancel_during_a_channel_outage_leaves_the_refund_pending_until_the_re
 
 
 @pytest.mark.django_db(databases=ALL)
+def test_a_refund_that_cannot_be_booked_yet_does_not_undo_the_cancel(
+    processing_held, monkeypatch, shopper, order
+):
+    # Given a paid wallet order, and the ledger's database away when the refund is booked
+    from django.db import OperationalError
+
+    from apps.payments.services import ledger
+
+    payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
+
+    def away(**kwargs):
+        raise OperationalError("default is away")
+
+    # When the buyer cancels: the cancel and the refund it owes stand
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger, "refund_post", away)
+        response = _cancel(api_client(shopper), order.id)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    (refund,) = _refunds(order.id)
+    assert refund.status == "pending" and _wallet(shopper) == 7_000
+    assert_invariants_hold()
+
+    # And the retry job pays it once the database is back
+    assert refunds_retry(older_than_seconds=0) == 1
+    assert _wallet(shopper) == 10_000 and _order(order.id).status == "cancelled"
+    assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
 def test_a_processing_order_cannot_be_cancelled(processing_held, shopper, order):
     payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
     assert orders.order_fulfilment_run(order_id=order.id)
@@ -237,10 +266,10 @@ def test_a_cancel_whose_stock_return_failed_is_finished_by_its_queued_task(
     def unavailable(**kwargs):
         raise OperationalError("default is away")
 
-    monkeypatch.setattr(orders, "stock_return", unavailable)
-    order_cancel_by_buyer(order_id=order.id, user_id=shopper.id)
+    with monkeypatch.context() as patched:
+        patched.setattr(orders, "stock_return", unavailable)
+        order_cancel_by_buyer(order_id=order.id, user_id=shopper.id)
     assert _stock(order) == (8, 0, 2)  # not yet back
-    monkeypatch.undo()
 
     # When the task the cancel queued through the outbox runs
     message = OutboxMessage.objects.using(shard_for_id(order.id)).get(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from django.db import DatabaseError
+
 from apps.orders import services as orders
 from apps.orders.exceptions import InvalidOrderState, OrderNotFound
 from apps.orders.models import Order
@@ -104,7 +106,14 @@ def _cancel_paid(
         in_transaction=refund_in_full,
     )
     for refund_id in refund_ids:
-        # A pending outcome (channel down) is finished by refunds_retry.
-        status = refund_execute(refund_id=refund_id)
+        # The cancel and the refund it owes are committed: whatever happens now, a refund
+        # left pending (channel down, or the ledger's database away) is finished by
+        # refunds_retry, so this answer does not fail over it.
+        try:
+            status = refund_execute(refund_id=refund_id)
+        except DatabaseError:
+            logger.exception("order %s cancelled; refund %s waits for the retry", order.id,
+                             refund_id)  # fmt: skip
+            continue
         logger.info("order %s cancelled by its buyer; refund %s %s", order.id, refund_id, status)
     return order
