@@ -294,9 +294,15 @@ def test_the_audit_flags_a_cancelled_paid_order_that_was_not_refunded(
     Order.objects.using(shard_for_id(order.id)).filter(id=order.id).update(status="cancelled")
     stock_return(order_id=order.id)
 
-    # Then the audit says so
+    # Then the audit says so, and only that
+    from io import StringIO
+
+    out = StringIO()
     with pytest.raises(SystemExit):
-        call_command("audit_invariants")
+        call_command("audit_invariants", stdout=out)
+    violations = [line for line in out.getvalue().splitlines() if "VIOLATION" in line]
+    assert len(violations) == 1, violations
+    assert "order is cancelled and only 0 is refunded" in violations[0]
 
 
 @pytest.mark.needs_redis
