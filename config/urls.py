@@ -31,7 +31,7 @@ api_v1 = [
     path("orders/<int:order_id>/", orders_api.OrderDetailApi.as_view(), name="api-order-detail"),
     path(
         "orders/<int:order_id>/cancel/",
-        orders_api.OrderCancelApi.as_view(),
+        payments_api.OrderCancelApi.as_view(),
         name="api-order-cancel",
     ),
     path(
@@ -43,6 +43,11 @@ api_v1 = [
         "orders/<int:order_id>/refunds/",
         payments_api.RefundCreateApi.as_view(),
         name="api-refund-create",
+    ),
+    path(
+        "orders/<int:order_id>/refund-requests/",
+        payments_api.RefundRequestCreateApi.as_view(),
+        name="api-refund-request-create",
     ),
     path("wallet/", payments_api.WalletDetailApi.as_view(), name="api-wallet"),
     path(

@@ -36,7 +36,13 @@ from shop.runtime import limit_rule, switch_on
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static/")
 # Routes that move money: with Redis unreachable they refuse (503) rather than run unlimited.
-FAIL_CLOSED_ROUTES = {"api-payment-create", "api-refund-create", "order-pay"}
+FAIL_CLOSED_ROUTES = {
+    "api-payment-create",
+    "api-refund-create",
+    "order-pay",
+    "api-order-cancel",
+    "order-cancel",
+}
 LOGIN_ROUTES = {"storefront-login", "api-token", "admin:login"}
 # Writes that stay open in read-only mode: logging in and out, and the operators' admin.
 READ_ONLY_EXEMPT_ROUTES = LOGIN_ROUTES | {"storefront-logout"}

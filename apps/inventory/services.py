@@ -142,3 +142,30 @@ def stock_commit(*, order_id: int) -> int:
         if not statuses or Reservation.Status.RELEASED in statuses:
             raise ReservationReleased(extra={"order_id": str(order_id)})
     return units
+
+
+@transaction.atomic(using="default")
+def stock_return(*, order_id: int) -> int:
+    """Put a cancelled paid order's units back on sale: committed units move from ``sold`` to
+    ``available``, units still held (the payment's commit had not landed) from ``reserved``;
+    its reservations end `released`. ``received`` is unchanged, so sold + reserved + available
+    == received holds (the CHECK constraints stand guard). Idempotent: returns the units
+    returned, 0 the second time."""
+    reservations = list(
+        Reservation.objects.select_for_update()
+        .filter(
+            order_id=order_id,
+            status__in=[Reservation.Status.HELD, Reservation.Status.COMMITTED],
+        )
+        .order_by("sku_id")
+    )
+    for reservation in reservations:
+        source = "sold" if reservation.status == Reservation.Status.COMMITTED else "reserved"
+        Stock.objects.filter(sku_id=reservation.sku_id).update(
+            available=F("available") + reservation.quantity,
+            **{source: F(source) - reservation.quantity},
+        )
+    Reservation.objects.filter(id__in=[r.id for r in reservations]).update(
+        status=Reservation.Status.RELEASED
+    )
+    return sum(r.quantity for r in reservations)

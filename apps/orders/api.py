@@ -42,6 +42,7 @@ class OrderOutputSerializer(serializers.Serializer):
     paid_at = serializers.DateTimeField(allow_null=True)
     lines = OrderLineOutputSerializer(many=True)
     payments = serializers.SerializerMethodField()
+    refund_requests = serializers.SerializerMethodField()
 
     def get_payments(self, order: Order) -> list[dict[str, Any]]:
         return [
@@ -54,6 +55,22 @@ class OrderOutputSerializer(serializers.Serializer):
                 "refunded_amount": payment.refunded_amount,
             }
             for payment in order.payments.all()
+        ]
+
+    def get_refund_requests(self, order: Order) -> list[dict[str, Any]]:
+        # The buyer's own requests and the shop's answer; never who decided (operators'
+        # identities stay internal). "refund_requests" is the reverse side of the payments
+        # app's RefundRequest.order (same shard), prefetched by the selectors.
+        return [
+            {
+                "id": str(request.id),
+                "status": request.status,
+                "amount": request.amount,
+                "reason": request.reason,
+                "decision_note": request.decision_note,
+                "created_at": serializers.DateTimeField().to_representation(request.created_at),
+            }
+            for request in order.refund_requests.all()
         ]
 
 
@@ -221,27 +238,6 @@ class OrderDetailApi(APIView):
         if order is None:
             raise OrderNotFound()
         return Response(order_body(order))
-
-
-class OrderCancelApi(APIView):
-    """Cancel an unpaid order and release its stock. Idempotent."""
-
-    @extend_schema(
-        request=None, parameters=[IDEMPOTENCY_PARAMETER], responses={200: OrderOutputSerializer}
-    )
-    def post(self, request: Request, order_id: int) -> Response:
-        user_id = request.user.id
-        with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
-            if isinstance(claim, Replay):
-                return claim.response()
-            order = services.order_cancel(
-                order_id=order_id,
-                owner_id=user_id,
-                actor=services.user_actor(user_id),
-                reason="cancelled by the buyer",
-                on_cancelled=lambda order: claim.complete(status=200, body=order_body(order)),
-            )
-            return Response(order_body(order))
 
 
 class OrderCollectionApi(OrderCreateApi, OrderListApi):

@@ -26,7 +26,7 @@ from django.utils import timezone
 from apps.catalog.selectors import SkuForCheckout, skus_for_checkout
 from apps.inventory.exceptions import ReservationReleased
 from apps.inventory.selectors import reservation_states, reservations_held_expired
-from apps.inventory.services import stock_commit, stock_release, stock_reserve
+from apps.inventory.services import stock_commit, stock_release, stock_reserve, stock_return
 from apps.orders.exceptions import (
     CheckoutInvalid,
     FulfilmentFailed,
@@ -58,7 +58,9 @@ S = OrderStatus
 # Legal transitions; anything else is refused with `invalid_state`.
 TRANSITIONS: dict[str, set[str]] = {
     S.PENDING_PAYMENT: {S.PAID, S.CANCELLED, S.EXPIRED},
-    S.PAID: {S.PROCESSING, S.REFUNDED, S.PARTIALLY_REFUNDED},
+    # paid → cancelled: the buyer cancels before fulfilment starts (the payments app refunds
+    # it in the same shard transaction, see order_cancel_paid).
+    S.PAID: {S.PROCESSING, S.CANCELLED, S.REFUNDED, S.PARTIALLY_REFUNDED},
     S.PROCESSING: {S.FULFILLED, S.REFUNDED, S.PARTIALLY_REFUNDED},
     S.FULFILLED: {S.REFUNDED, S.PARTIALLY_REFUNDED},
     S.PARTIALLY_REFUNDED: {S.REFUNDED, S.PARTIALLY_REFUNDED},
@@ -70,6 +72,7 @@ SYSTEM = "system"
 PROCESS_TASK = "apps.orders.tasks.order_process"
 DEAD_LETTER_TASK = "apps.orders.tasks.order_dead_letter"
 PLACED_NOTIFY_TASK = "apps.orders.tasks.order_placed_notify"
+STOCK_RETURN_TASK = "apps.orders.tasks.order_stock_return"
 
 
 def user_actor(user_id: int) -> str:
@@ -355,18 +358,93 @@ def order_cancel(
     on_cancelled: Callable[[Order], None] | None = None,
 ) -> Order:
     """Cancel an unpaid order and give its stock back. ``owner_id`` restricts it to the
-    buyer's own orders (others' answer OrderNotFound). Refused while a payment is running."""
+    buyer's own orders (others' answer OrderNotFound). Refused while a payment is running, and
+    for a paid order (that one is refunded too: :func:`order_cancel_paid`)."""
     order = _order_for_update(order_id)
     if owner_id is not None and order.user_id != owner_id:
         raise OrderNotFound()
     with transaction.atomic(using=order._state.db):
         order = _locked(order)
         _refuse_while_paying(order)
+        if order.status != S.PENDING_PAYMENT:
+            raise InvalidOrderState(
+                f"An order that is {order.status.replace('_', ' ')} cannot be cancelled here.",
+                extra={"status": order.status},
+            )
         _transition(order, S.CANCELLED, actor=actor, reason=reason or "cancelled")
         if on_cancelled is not None:
             on_cancelled(order)
     _release_quietly(order.id)
     return order
+
+
+def order_cancel_paid(
+    *,
+    order_id: int,
+    actor: str,
+    reason: str,
+    in_transaction: Callable[[Order], None],
+    owner_id: int | None = None,
+) -> Order:
+    """Cancel a paid order before its fulfilment starts (it is still `paid`, not yet
+    `processing`), and put its units back on sale.
+
+    In one transaction on the order's shard: the order is locked, moved `paid → cancelled` (a
+    conditional UPDATE, so the processing task, which moves it `paid → processing`, and this
+    cancel cannot both win), whatever fulfilment had already done is undone (lines no longer
+    allocated, loyalty points withdrawn; the steps check the status under the same lock, so
+    none lands afterwards), ``in_transaction(order)`` runs (the caller records the refund
+    there: a cancelled paid order never exists without it) and the stock return is queued
+    through the outbox. After the commit the stock goes back at once; if that fails the queued
+    task does it. Raises OrderNotFound (others' orders with ``owner_id``) or InvalidOrderState
+    (not `paid`)."""
+    order = _order_for_update(order_id)
+    if owner_id is not None and order.user_id != owner_id:
+        raise OrderNotFound()
+    alias = order._state.db
+    with transaction.atomic(using=alias):
+        order = _locked(order)
+        if order.status != S.PAID:
+            raise InvalidOrderState(
+                f"An order that is {order.status.replace('_', ' ')} cannot be cancelled.",
+                extra={"status": order.status},
+            )
+        _transition(order, S.CANCELLED, actor=actor, reason=reason)
+        OrderLine.objects.using(alias).filter(order=order).update(allocated_at=None)
+        withdrawn = LoyaltyEntry.objects.using(alias).filter(order=order).delete()[0]
+        if withdrawn:
+            _event(order, "loyalty_withdrawn", S.CANCELLED, S.CANCELLED, actor=actor,
+                   reason="the order was cancelled")  # fmt: skip
+        in_transaction(order)
+        outbox_enqueue(
+            using=alias,
+            user_id=order.user_id,
+            task=STOCK_RETURN_TASK,
+            kwargs={"order_id": str(order.id)},
+            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        )
+    _return_quietly(order.id)
+    return order
+
+
+def order_stock_return(*, order_id: int) -> int:
+    """Put a cancelled order's units back on sale (idempotent: 0 the second time). Refused
+    (InvalidOrderState) for an order that is not cancelled: its units are the buyer's."""
+    order = _order_for_update(order_id)
+    if order.status != S.CANCELLED:
+        raise InvalidOrderState(
+            f"The units of an order that is {order.status.replace('_', ' ')} stay sold.",
+            extra={"status": order.status},
+        )
+    return stock_return(order_id=order.id)
+
+
+def _return_quietly(order_id: int) -> None:
+    try:
+        stock_return(order_id=order_id)
+    except DatabaseError:
+        # The outbox task queued with the cancel returns them.
+        logger.exception("could not return the stock of cancelled order %s yet", order_id)
 
 
 def order_expire(*, order_id: int) -> bool:
@@ -433,11 +511,43 @@ def order_stock_commit(*, order_id: int) -> None:
         stock_commit(order_id=order_id)
     except DatabaseError:
         logger.exception("stock of paid order %s not committed yet; the sweep will", order_id)
+    except ReservationReleased:
+        # The buyer cancelled the paid order before its commit landed: the units are back
+        # on sale, as they should be.
+        logger.info("order %s was cancelled before its stock was committed", order_id)
 
 
 def order_record_refund(*, order: Order, fully: bool, actor: str, reason: str) -> None:
-    """Money went back to the buyer (inside the caller's transaction on the order's shard)."""
+    """Money went back to the buyer (inside the caller's transaction on the order's shard).
+    A cancelled order stays cancelled (its refund was part of the cancel): the refund is only
+    noted in its history."""
+    if order.status == S.CANCELLED:
+        _event(order, "refunded", S.CANCELLED, S.CANCELLED, actor=actor, reason=reason)
+        return
     _transition(order, S.REFUNDED if fully else S.PARTIALLY_REFUNDED, actor=actor, reason=reason)
+
+
+def order_event_record(
+    *, order: Order, kind: str, actor: str, reason: str = "", data: dict[str, Any] | None = None
+) -> None:
+    """Note something that happened to an order without changing its status (inside the
+    caller's transaction on the order's shard), e.g. a refund requested or declined."""
+    _event(order, kind, order.status, order.status, actor=actor, reason=reason, data=data)
+
+
+def order_lock(*, order_id: int, owner_id: int | None = None) -> Order:
+    """The order's row, locked until the caller's transaction on its shard ends (the caller
+    opens it on ``shard_for_id(order_id)``). Raises OrderNotFound (also for others' orders
+    with ``owner_id``)."""
+    if not id_is_plausible(order_id):
+        raise OrderNotFound()
+    queryset = Order.objects.using(shard_for_id(order_id)).select_for_update().filter(id=order_id)
+    if owner_id is not None:
+        queryset = queryset.filter(user_id=owner_id)
+    order = queryset.first()
+    if order is None:
+        raise OrderNotFound()
+    return order
 
 
 def order_mark_fulfilled(*, order_id: int, actor: str) -> Order:
@@ -502,10 +612,22 @@ def _step_done(order: Order, step: str) -> bool:
     return FulfilmentStep.objects.using(order._state.db).filter(order=order, step=step).exists()
 
 
-def _record_step(order: Order, step: str) -> None:
-    FulfilmentStep.objects.using(order._state.db).create(
-        order=order, user_id=order.user_id, step=step
-    )
+class _NoLongerPaid(Exception):
+    """The order left `paid` (the buyer cancelled it) while its fulfilment was running."""
+
+
+@contextlib.contextmanager
+def _step(order: Order, step: str) -> Any:
+    """One fulfilment step's transaction: the order's row is locked first and must still be
+    `paid` (a buyer's cancel takes the same lock, so no step lands after it), then the
+    step's effect, then its record."""
+    with transaction.atomic(using=order._state.db):
+        if _locked(order).status != S.PAID:
+            raise _NoLongerPaid()
+        yield
+        FulfilmentStep.objects.using(order._state.db).create(
+            order=order, user_id=order.user_id, step=step
+        )
 
 
 def _allocate(order: Order) -> None:
@@ -518,11 +640,10 @@ def _allocate(order: Order) -> None:
             f"order {order.id} has no committed stock to allocate (reservations: "
             f"{sorted(states) or 'none'})"
         )
-    with transaction.atomic(using=order._state.db):
+    with _step(order, "allocation"):
         OrderLine.objects.using(order._state.db).filter(order=order).update(
             allocated_at=timezone.now()
         )
-        _record_step(order, "allocation")
 
 
 def _email_buyer(order: Order) -> None:
@@ -537,17 +658,16 @@ def _email_buyer(order: Order) -> None:
             recipient_list=[user.email],
         )
     # Recorded after sending: a crash in between sends the e-mail twice, never zero times.
-    with transaction.atomic(using=order._state.db):
-        _record_step(order, "buyer_email")
+    with _step(order, "buyer_email"):
+        pass
 
 
 def _credit_points(order: Order) -> None:
     points = order.total // settings.LOYALTY_MINOR_UNITS_PER_POINT
-    with transaction.atomic(using=order._state.db):
+    with _step(order, "loyalty_points"):
         LoyaltyEntry.objects.using(order._state.db).create(
             user_id=order.user_id, order=order, points=points
         )
-        _record_step(order, "loyalty_points")
 
 
 _STEP_ACTIONS: dict[str, Callable[[Order], None]] = {
@@ -564,9 +684,16 @@ def order_fulfilment_run(*, order_id: int) -> bool:
     order = _order_for_update(order_id)
     if order.status != S.PAID:
         return False
-    for step in FULFILMENT_STEPS:
-        if not _step_done(order, step):
-            _STEP_ACTIONS[step](order)
+    try:
+        for step in FULFILMENT_STEPS:
+            if not _step_done(order, step):
+                _STEP_ACTIONS[step](order)
+    except (_NoLongerPaid, FulfilmentFailed, ReservationReleased):
+        # Cancelled by the buyer meanwhile (its stock already back on sale): nothing to do.
+        if Order.objects.using(order._state.db).filter(id=order.id, status=S.PAID).exists():
+            raise
+        logger.info("order %s left paid during its fulfilment; stopped", order.id)
+        return False
     with transaction.atomic(using=order._state.db):
         try:
             _transition(order, S.PROCESSING, actor=SYSTEM, reason="fulfilment steps done")

@@ -101,3 +101,19 @@ def checkout_queues_watch() -> dict[str, int]:
     from apps.orders import flash
 
     return flash.checkout_queues_watch()
+
+
+@shared_task(
+    bind=True,
+    name="apps.orders.tasks.order_stock_return",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+)
+def order_stock_return(self, order_id: str, message_id: str | None = None) -> int:
+    """The units of a cancelled paid order go back on sale (idempotent; queued by the cancel
+    through the outbox in case its own attempt right after the commit failed)."""
+    try:
+        return services.order_stock_return(order_id=int(order_id))
+    except DatabaseError as exc:
+        raise self.retry(exc=exc, countdown=30) from exc

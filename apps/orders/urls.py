@@ -10,5 +10,4 @@ urlpatterns = [
     path("checkout/tickets/<int:ticket_id>/", views.checkout_ticket, name="checkout-ticket"),
     path("orders/", views.order_list, name="order-list"),
     path("orders/<int:order_id>/", views.order_detail, name="order-detail"),
-    path("orders/<int:order_id>/cancel/", views.order_cancel, name="order-cancel"),
 ]

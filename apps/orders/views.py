@@ -223,15 +223,47 @@ def checkout_ticket(request: HttpRequest, ticket_id: int) -> HttpResponse:
     )
 
 
+def actor_label(actor: str, *, user_id: int) -> str:
+    """Who did something, as the buyer may read it: never an operator's id or name."""
+    if actor in (f"user:{user_id}", f"buyer:{user_id}"):
+        return "You"
+    if actor.startswith("operator:"):
+        return "The shop"
+    return "Automatically"
+
+
 @login_required
 def order_detail(request: HttpRequest, order_id: int) -> HttpResponse:
-    order = selectors.order_get(order_id=order_id, user_id=request.user.id)
+    user_id = request.user.id
+    order = selectors.order_get(order_id=order_id, user_id=user_id)
     if order is None:
         raise Http404("No such order.")
+    events = [
+        {
+            "created_at": event.created_at,
+            "kind": event.kind.replace("_", " "),
+            "from_status": event.from_status,
+            "to_status": event.to_status,
+            "by": actor_label(event.actor, user_id=user_id),
+            "reason": event.reason,
+        }
+        for event in selectors.order_events(order)
+    ]
+    refund_requests = list(order.refund_requests.all())
+    captured = [p for p in order.payments.all() if p.status == "succeeded"]
     return render(
         request,
         "orders/order_detail.html",
-        {"order": order, "events": selectors.order_events(order)},
+        {
+            "order": order,
+            "events": events,
+            "refund_requests": refund_requests,
+            "refund_request_open": any(r.status == "requested" for r in refund_requests),
+            "refund_left": sum(p.captured_amount - p.refunded_amount for p in captured),
+            # One key per rendered form: a double click cancels (and refunds) once.
+            "cancel_key": uuid.uuid4().hex,
+            "refund_key": uuid.uuid4().hex,
+        },
     )
 
 
@@ -241,22 +273,3 @@ def order_list(request: HttpRequest) -> HttpResponse:
         user_id=request.user.id, page=max(1, _positive_int(request.GET.get("page"), 1))
     )
     return render(request, "orders/order_list.html", {"page": page})
-
-
-@login_required
-@require_POST
-def order_cancel(request: HttpRequest, order_id: int) -> HttpResponse:
-    try:
-        services.order_cancel(
-            order_id=order_id,
-            owner_id=request.user.id,
-            actor=services.user_actor(request.user.id),
-            reason="cancelled by the buyer",
-        )
-    except ShopError as exc:
-        if exc.http_status == 404:
-            raise Http404("No such order.") from exc
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, "Order cancelled; the items are back on sale.")
-    return redirect("order-detail", order_id=order_id)

@@ -1,5 +1,9 @@
-"""Operators: channels (health, breakers, switches), payments across shards, TCC transactions,
-accounts (with audited top-ups) and the journal. Money is never edited by hand."""
+"""Operators: channels (health, breakers, switches), payments across shards (and refunding
+them), buyers' refund requests (approve / decline), TCC transactions, accounts (with audited
+top-ups) and the journal. Money is never edited by hand.
+
+Refunding needs ``payments.refund_payment`` (apps.payments.permissions): the refund actions
+are hidden from everyone else, and refused with a clear message if posted anyway."""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ import uuid
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from apps.payments.models import (
@@ -21,16 +28,29 @@ from apps.payments.models import (
     PaymentAttempt,
     PaymentChannel,
     Refund,
+    RefundRequest,
     TccBranch,
     TccTransaction,
     Transfer,
     WebhookEvent,
 )
-from apps.payments.services import payment_settle_now
+from apps.payments.permissions import user_may_refund
+from apps.payments.services import (
+    payment_settle_now,
+    refund_create,
+    refund_request_approve,
+    refund_request_decline,
+)
 from apps.payments.services.channels import breaker_for, health_for
 from apps.payments.services.ledger import wallet_topup
+from apps.payments.services.refunds import (
+    REASON_MAX_LENGTH,
+    operator_actor,
+    refundable_amount,
+)
 from shop.adminkit import ReadOnlyAdmin
 from shop.cache import cache_available
+from shop.errors import ShopError
 from shop.locks import cache_is_redis
 from shop.sharding.admin import ShardedAdmin, ShardedInline, ShardFilter
 
@@ -108,12 +128,81 @@ class PaymentAttemptInline(ShardedInline):
 
 class RefundInline(ShardedInline):
     model = Refund
-    fields = ["id", "amount", "status", "failure_detail", "created_at"]
+    fields = ["id", "amount", "status", "actor", "reason", "failure_detail", "created_at"]
     readonly_fields = fields
 
 
+REFUND_REFUSED = (
+    "Only operators with the permission “payments | refund | Can refund payments” may refund. "
+    "Nothing was done."
+)
+
+
+class RefundActionsMixin:
+    """Actions that move money back: shown only to users who may refund
+    (``@admin.action(permissions=["refund"])``); posted by anyone else, refused with a clear
+    message and no effect."""
+
+    refund_actions: tuple[str, ...] = ()
+
+    def has_refund_permission(self, request: HttpRequest) -> bool:
+        return user_may_refund(request.user)
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        # Checked before Django's action handling, which would only say "No action selected"
+        # (or, with no action left to offer, nothing at all).
+        if (
+            request.method == "POST"
+            and request.POST.get("action") in self.refund_actions
+            and not user_may_refund(request.user)
+        ):
+            self.message_user(request, REFUND_REFUSED, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+        return super().changelist_view(request, extra_context)
+
+    def _intermediate(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet,
+        *,
+        action: str,
+        form: forms.Form,
+        title: str,
+        intro: str,
+        submit: str,
+    ) -> TemplateResponse:
+        """The form an action asks before it acts (posted back to the same changelist, with
+        the same selection, plus ``apply``)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "intro": intro,
+            "submit": submit,
+            "form": form,
+            "objects": list(queryset),
+            "action": action,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/payments/action_form.html", context)
+
+
+class RefundForm(forms.Form):
+    amount = forms.IntegerField(
+        min_value=1,
+        required=False,
+        help_text="Minor units (cents). One payment: defaults to all that is left. Several "
+        "payments: each is refunded in full (what is left of it); leave this empty.",
+    )
+    reason = forms.CharField(
+        max_length=REASON_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Why (kept on the refund, in the order's history and in the journal).",
+    )
+
+
 @admin.register(Payment)
-class PaymentAdmin(ShardedAdmin):
+class PaymentAdmin(RefundActionsMixin, ShardedAdmin):
     list_display = [
         "payment_id",
         "order_id",
@@ -126,7 +215,8 @@ class PaymentAdmin(ShardedAdmin):
     ]
     list_filter = [ShardFilter, "status", "method", "channel"]
     inlines = [PaymentAttemptInline, RefundInline]
-    actions = ["settle_now"]
+    actions = ["settle_now", "refund"]
+    refund_actions = ("refund",)
 
     @admin.display(description="payment", ordering="id")
     def payment_id(self, payment: Payment) -> str:
@@ -137,6 +227,161 @@ class PaymentAdmin(ShardedAdmin):
         for payment_id in queryset.values_list("id", flat=True):
             status = payment_settle_now(payment_id=payment_id)
             self.message_user(request, f"payment {payment_id}: transaction {status}")
+
+    @admin.action(description="Refund… (asks the amount and why)", permissions=["refund"])
+    def refund(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if not user_may_refund(request.user):  # the mixin refuses first; never rely on one
+            self.message_user(request, REFUND_REFUSED, messages.ERROR)
+            return None
+        most = settings.ADMIN_REFUND_BATCH_MAX
+        payments = list(queryset.filter(status="succeeded")[: most + 1])
+        if not payments:
+            self.message_user(request, "None of these payments was captured.", messages.WARNING)
+            return None
+        if len(payments) > most:
+            self.message_user(request, f"Select at most {most} payments at a time.", messages.ERROR)
+            return None
+        single = len(payments) == 1
+        form = RefundForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            amount, reason = form.cleaned_data["amount"], form.cleaned_data["reason"]
+            if amount and not single:
+                self.message_user(
+                    request,
+                    "Several payments are refunded in full: leave the amount empty.",
+                    messages.ERROR,
+                )
+            else:
+                self._refund_each(request, payments, amount=amount, reason=reason)
+                return None
+        elif not form.is_bound:
+            form = RefundForm(
+                initial={"amount": refundable_amount(payments[0]) if single else None}
+            )
+        return self._intermediate(
+            request,
+            queryset.filter(id__in=[p.id for p in payments]),
+            action="refund",
+            form=form,
+            title="Refund a payment" if single else f"Refund {len(payments)} payments in full",
+            intro="The money goes back the way it came (card or wallet), booked in the "
+            "journal with your name and reason.",
+            submit="Refund",
+        )
+
+    def _refund_each(
+        self, request: HttpRequest, payments: list[Payment], *, amount: int | None, reason: str
+    ) -> None:
+        actor = operator_actor(request.user.pk)
+        for payment in payments:
+            wanted = amount or refundable_amount(payment)
+            if wanted <= 0:
+                self.message_user(
+                    request, f"payment {payment.id}: nothing left to refund.", messages.WARNING
+                )
+                continue
+            try:
+                refund = refund_create(
+                    order_id=payment.order_id, amount=wanted, actor=actor, reason=reason
+                )
+            except ShopError as exc:
+                self.message_user(request, f"payment {payment.id}: {exc.message}", messages.ERROR)
+                continue
+            level = {"succeeded": messages.SUCCESS, "failed": messages.ERROR}.get(
+                refund.status, messages.WARNING
+            )
+            outcome = {
+                "succeeded": "done",
+                "pending": "the channel is unavailable; it is retried every minute",
+                "failed": f"refused by the channel ({refund.failure_detail})",
+            }[refund.status]
+            self.message_user(
+                request,
+                f"payment {payment.id}: refund {refund.id} of {refund.amount} "
+                f"{payment.currency}: {outcome}.",
+                level,
+            )
+
+
+class DeclineForm(forms.Form):
+    note = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Why not: the buyer reads this on their order.",
+    )
+
+
+@admin.register(RefundRequest)
+class RefundRequestAdmin(RefundActionsMixin, ShardedAdmin):
+    """Buyers' refund requests, one shard at a time (an id finds one on any shard)."""
+
+    list_display = [
+        "request_id",
+        "order_id_text",
+        "status",
+        "amount",
+        "reason",
+        "created_at",
+        "decided_by",
+        "decision_note",
+    ]
+    list_filter = [ShardFilter, "status"]
+    actions = ["approve", "decline"]
+    refund_actions = ("approve", "decline")
+
+    @admin.display(description="request", ordering="id")
+    def request_id(self, refund_request: RefundRequest) -> str:
+        return str(refund_request.id)
+
+    @admin.display(description="order")
+    def order_id_text(self, refund_request: RefundRequest) -> str:
+        return str(refund_request.order_id)
+
+    @admin.action(description="Approve (refund runs)", permissions=["refund"])
+    def approve(self, request: HttpRequest, queryset: QuerySet) -> None:
+        if not user_may_refund(request.user):
+            self.message_user(request, REFUND_REFUSED, messages.ERROR)
+            return
+        for request_id in queryset.values_list("id", flat=True):
+            try:
+                decided = refund_request_approve(request_id=request_id, operator=request.user)
+            except ShopError as exc:
+                self.message_user(request, f"request {request_id}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"request {request_id}: approved, refund {decided.refund_id}.",
+                    messages.SUCCESS,
+                )
+
+    @admin.action(description="Decline… (asks why)", permissions=["refund"])
+    def decline(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if not user_may_refund(request.user):
+            self.message_user(request, REFUND_REFUSED, messages.ERROR)
+            return None
+        form = DeclineForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            for request_id in queryset.values_list("id", flat=True):
+                try:
+                    refund_request_decline(
+                        request_id=request_id, operator=request.user, note=form.cleaned_data["note"]
+                    )
+                except ShopError as exc:
+                    self.message_user(
+                        request, f"request {request_id}: {exc.message}", messages.ERROR
+                    )
+                else:
+                    self.message_user(request, f"request {request_id}: declined.", messages.SUCCESS)
+            return None
+        return self._intermediate(
+            request,
+            queryset,
+            action="decline",
+            form=form,
+            title="Decline refund requests",
+            intro="The buyer sees your note on their order.",
+            submit="Decline",
+        )
 
 
 class TccBranchInline(admin.TabularInline):

@@ -4,18 +4,25 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.orders.api import IDEMPOTENCY_PARAMETER
+from apps.orders.api import IDEMPOTENCY_PARAMETER, OrderOutputSerializer, order_body
+from apps.orders.exceptions import OrderNotFound
+from apps.orders.selectors import order_get
 from apps.payments import selectors, services
-from apps.payments.models import Payment
+from apps.payments.models import Payment, RefundRequest
+from apps.payments.permissions import RefundOperatorOnly
 from apps.payments.services.coordinator import METHODS
+from apps.payments.services.refund_requests import REQUEST_REASON_MAX_LENGTH
+from apps.payments.services.refunds import REASON_MAX_LENGTH, operator_actor
 from apps.payments.services.webhooks import WebhookRejected
 from shop.idempotency import Replay, idempotent_request
-from shop.sharding import shard_for_user
+from shop.parsing import INT64_MAX
+from shop.sharding import shard_for_id, shard_for_user
+from shop.sharding.ids import id_is_plausible
 
 
 class AttemptOutputSerializer(serializers.Serializer):
@@ -44,6 +51,18 @@ class RefundOutputSerializer(serializers.Serializer):
     payment = serializers.CharField(source="payment_id")
     amount = serializers.IntegerField()
     status = serializers.CharField()
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class RefundRequestOutputSerializer(serializers.Serializer):
+    """What the buyer sees of their request (never who decided it)."""
+
+    id = serializers.CharField()
+    order = serializers.CharField(source="order_id")
+    status = serializers.CharField()
+    amount = serializers.IntegerField()
+    reason = serializers.CharField()
     created_at = serializers.DateTimeField()
 
 
@@ -88,15 +107,88 @@ class PaymentCreateApi(APIView):
 
 
 class RefundCreateApi(APIView):
-    """Refund a paid order in full or in part, through the channel it was paid with."""
+    """Operators only (active staff with ``payments.refund_payment``): refund any buyer's paid
+    order in full or in part, through the channel it was paid with, saying why. Idempotent.
+    Anyone else gets 403 before the order is even looked up."""
+
+    permission_classes = [IsAuthenticated, RefundOperatorOnly]
 
     class InputSerializer(serializers.Serializer):
-        amount = serializers.IntegerField(min_value=1)
+        amount = serializers.IntegerField(min_value=1, max_value=INT64_MAX)
+        reason = serializers.CharField(max_length=REASON_MAX_LENGTH)
 
     @extend_schema(
         request=InputSerializer,
         parameters=[IDEMPOTENCY_PARAMETER],
         responses={201: RefundOutputSerializer},
+    )
+    def post(self, request: Request, order_id: int) -> Response:
+        if not id_is_plausible(order_id):
+            raise OrderNotFound()
+        operator_id = request.user.id
+        # The key is kept on the order's shard, beside the refund: the refund's own
+        # transaction attaches it, so a retry after a crash resumes that very refund.
+        using = shard_for_id(order_id)
+        with idempotent_request(request, using=using, user_id=operator_id) as claim:
+            if isinstance(claim, Replay):
+                return claim.response()
+            serializer = self.InputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+            # A retry after a crash reports the refund the first request started.
+            refund_id = claim.resume_or_start(
+                lambda attach: services.refund_create(
+                    order_id=order_id,
+                    amount=data["amount"],
+                    actor=operator_actor(operator_id),
+                    reason=data["reason"],
+                    on_created=lambda refund: attach(str(refund.id)),
+                )
+            )
+            body = RefundOutputSerializer(selectors.refund_get(refund_id=int(refund_id))).data
+            claim.remember(status=201, body=body)
+            return Response(body, status=201)
+
+
+class OrderCancelApi(APIView):
+    """The buyer cancels their order: an unpaid one (its stock is released), or a paid one not
+    yet in fulfilment (refunded in full automatically, its stock back on sale). Idempotent."""
+
+    @extend_schema(
+        request=None, parameters=[IDEMPOTENCY_PARAMETER], responses={200: OrderOutputSerializer}
+    )
+    def post(self, request: Request, order_id: int) -> Response:
+        user_id = request.user.id
+        with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
+            if isinstance(claim, Replay):
+                return claim.response()
+            # The cancel's own transaction attaches the order to the key; a retry after a
+            # crash reports that order instead of cancelling again.
+            cancelled_id = claim.resume_or_start(
+                lambda attach: services.order_cancel_by_buyer(
+                    order_id=order_id,
+                    user_id=user_id,
+                    on_cancelled=lambda order: attach(str(order.id)),
+                )
+            )
+            body = order_body(order_get(order_id=int(cancelled_id), user_id=user_id))
+            claim.remember(status=200, body=body)
+            return Response(body)
+
+
+class RefundRequestCreateApi(APIView):
+    """The buyer asks for a refund of a processing, fulfilled or partially refunded order
+    (``amount`` absent: all that is left), saying why. An operator approves or declines it;
+    the answer shows in the order's ``refund_requests``. Idempotent."""
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=REQUEST_REASON_MAX_LENGTH)
+        amount = serializers.IntegerField(min_value=1, max_value=INT64_MAX, required=False)
+
+    @extend_schema(
+        request=InputSerializer,
+        parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: RefundRequestOutputSerializer},
     )
     def post(self, request: Request, order_id: int) -> Response:
         user_id = request.user.id
@@ -105,18 +197,20 @@ class RefundCreateApi(APIView):
                 return claim.response()
             serializer = self.InputSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
-            # A retry after a crash reports the refund the first request started.
-            refund_id = claim.resume_or_start(
-                lambda attach: services.refund_create(
-                    order_id=order_id,
-                    owner_id=user_id,
-                    amount=serializer.validated_data["amount"],
-                    actor=f"user:{user_id}",
-                    on_created=lambda refund: attach(str(refund.id)),
-                )
+            data = serializer.validated_data
+            body: dict[str, Any] = {}
+
+            def record(refund_request: RefundRequest) -> None:  # inside its transaction
+                body.update(RefundRequestOutputSerializer(refund_request).data)
+                claim.complete(status=201, body=body)
+
+            services.refund_request_file(
+                order_id=order_id,
+                user_id=user_id,
+                reason=data["reason"],
+                amount=data.get("amount"),
+                on_created=record,
             )
-            body = RefundOutputSerializer(selectors.refund_get(refund_id=int(refund_id))).data
-            claim.remember(status=201, body=body)
             return Response(body, status=201)
 
 

@@ -12,6 +12,7 @@ from apps.payments.models import (
     Entry,
     Payment,
     PaymentStatus,
+    Refund,
     TccTransaction,
     Transfer,
 )
@@ -86,6 +87,14 @@ def payment_violations() -> Iterator[str]:
             .values_list("order_id", "n")
         ):
             yield f"order {order_id} has {count} captured payments"
+        # Refunds owed or paid back per payment (pending ones are on their way: retried).
+        refunded = dict(
+            Refund.objects.using(alias)
+            .exclude(status=Refund.Status.FAILED)
+            .values("payment_id")
+            .annotate(total=Sum("amount"))
+            .values_list("payment_id", "total")
+        )
         rows = (
             Payment.objects.using(alias)
             .select_related("order")
@@ -105,7 +114,15 @@ def payment_violations() -> Iterator[str]:
                 yield f"payment {payment.id}: amount {payment.amount} != order total"
             decision = decisions.get(payment.id)
             if payment.status == PaymentStatus.SUCCEEDED:
-                if payment.order.status not in PAID_OR_LATER:
+                if payment.order.status == OrderStatus.CANCELLED:
+                    # A paid order the buyer cancelled: its refund must cover the capture.
+                    covered = refunded.get(payment.id, 0)
+                    if covered < payment.captured_amount:
+                        yield (
+                            f"payment {payment.id} captured {payment.captured_amount} but its "
+                            f"order is cancelled and only {covered} is refunded"
+                        )
+                elif payment.order.status not in PAID_OR_LATER:
                     yield f"payment {payment.id} succeeded but its order is {payment.order.status}"
                 if f"pay-{payment.id}" not in captures:
                     yield f"payment {payment.id} succeeded but the ledger has no capture for it"

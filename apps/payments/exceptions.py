@@ -1,4 +1,4 @@
-from shop.errors import ShopError, ValidationFailed
+from shop.errors import NotFound, ShopError, ValidationFailed
 
 
 class InsufficientFunds(ShopError):
@@ -21,6 +21,22 @@ class RefundNotAllowed(ShopError):
     code = "invalid_state"
     http_status = 409
     default_message = "This order cannot be refunded."
+
+
+class RefundRequestOpen(ShopError):
+    code = "refund_request_open"
+    http_status = 409
+    default_message = "A refund request for this order is already waiting for the shop's answer."
+
+
+class RefundRequestNotFound(NotFound):
+    default_message = "No such refund request."
+
+
+class RefundRequestDecided(ShopError):
+    code = "invalid_state"
+    http_status = 409
+    default_message = "This refund request has already been decided."
 
 
 class LedgerUnbalanced(Exception):

@@ -310,11 +310,18 @@ class Refund(models.Model):
     amount = models.BigIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     failure_detail = models.CharField(max_length=300, blank=True)
+    # Who decided this refund and why: "operator:<id>", "buyer:<id>" (a buyer's cancel of a
+    # paid order) or "system"; the reason is also the ledger memo and the order's history.
+    actor = models.CharField(max_length=100, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-id"]
+        # Refunding is an operator's decision: support staff get this one permission (through
+        # a group) rather than the whole admin.
+        permissions = [("refund_payment", "Can refund payments")]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="payments_refund_positive")
         ]
@@ -329,3 +336,54 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return f"refund {self.id} of {self.amount} ({self.status})"
+
+
+@sharded
+class RefundRequest(models.Model):
+    """A buyer's request for a refund of a processing or fulfilled order, which an operator
+    approves (a refund runs) or declines (with a note the buyer sees). At most one per order
+    is open at a time: a partial unique index, not only code."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested"
+        APPROVED = "approved"
+        DECLINED = "declined"
+
+    id = models.BigIntegerField(primary_key=True)
+    order = models.ForeignKey(
+        "orders.Order", on_delete=models.PROTECT, related_name="refund_requests"
+    )
+    user_id = models.BigIntegerField()
+    amount = models.BigIntegerField(help_text="Minor units asked for.")
+    reason = models.CharField(max_length=500)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.REQUESTED)
+    decision_note = models.CharField(max_length=500, blank=True, help_text="Shown to the buyer.")
+    decided_by = models.CharField(max_length=100, blank=True, help_text='"operator:<id>"')
+    decided_at = models.DateTimeField(null=True, blank=True)
+    refund_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user_id", "order"],
+                condition=Q(status="requested"),
+                name="payments_one_open_refund_request",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount__gt=0), name="payments_refund_request_positive"
+            ),
+        ]
+        indexes = [
+            # The operators' queue: open requests, oldest first.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(status="requested"),
+                name="payments_refund_requests_open",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"refund request {self.id} of {self.amount} ({self.status})"

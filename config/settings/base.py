@@ -333,6 +333,9 @@ TCC_RETRY_MAX = env.float("TCC_RETRY_MAX", default=600.0)
 # Fences outlive the longest retry window by far (a redelivered branch call days later is
 # still recognised), then are deleted.
 TCC_FENCE_RETENTION_DAYS = env.int("TCC_FENCE_RETENTION_DAYS", default=7)
+# Payments one operator may refund in one go from the admin ("Refund…" on several selected):
+# a page's worth, so an accidental "select all" cannot refund a whole shard.
+ADMIN_REFUND_BATCH_MAX = env.int("ADMIN_REFUND_BATCH_MAX", default=50)
 
 # --- Flash sales: admission control --------------------------------------------------------------
 # Rate-limit layers: name → (requests, per seconds, burst). Operators override any of them at

@@ -67,7 +67,7 @@ def test_paid_commits_stock_and_queues_processing_through_the_outbox(buyer, sku)
 @pytest.mark.parametrize(
     ("path", "then"),
     [
-        (["paid"], "cancelled"),
+        (["paid", "processing"], "cancelled"),  # paid → cancelled is the buyer's cancel
         (["cancelled"], "paid"),
         (["cancelled"], "cancelled"),
         (["paid"], "paid"),

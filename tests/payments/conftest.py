@@ -90,3 +90,57 @@ def payment_started_then_crashed(*, order, path: str, key: str):
         locked_until=timezone.now() - timedelta(seconds=1)
     )
     return broke, unpaid, claim, first
+
+
+# --- Refunds: operators, held processing, counting what was written ----------------------------
+
+
+def support_user(username: str = "support", *, permitted: bool = True, staff: bool = True):
+    """A staff member who is NOT a superuser; with ``permitted`` their group ("support") grants
+    the refund permission and the views the refund admin needs."""
+    from django.contrib.auth.models import Group, Permission
+
+    user = UserFactory(username=username, is_staff=staff, is_superuser=False)
+    codenames = ["view_payment", "view_refundrequest", "view_refund"]
+    if permitted:
+        codenames.append("refund_payment")
+    group, _ = Group.objects.get_or_create(name="support" if permitted else "viewers")
+    group.permissions.set(
+        Permission.objects.filter(content_type__app_label="payments", codename__in=codenames)
+    )
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def operator(db):
+    """Support staff holding payments.refund_payment through a group (not a superuser)."""
+    return support_user()
+
+
+@pytest.fixture
+def processing_held(monkeypatch):
+    """A paid order stays `paid` until a test runs its processing: the outbox's fast path is
+    off (in the embedded profile it would run the processing task at once); what a test needs
+    of the outbox it runs itself."""
+    from shop.outbox import broker_health
+
+    monkeypatch.setattr(broker_health, "available", lambda: False)
+
+
+def written_counts() -> dict[str, int]:
+    """Rows of everything a refund, a cancel or a refund request may write, on every database."""
+    from apps.orders.models import OrderEvent
+    from apps.payments.models import Refund, RefundRequest, Transfer
+    from shop.models import IdempotencyRecord, ManualReviewItem, OutboxMessage
+    from shop.sharding import order_shard_aliases
+
+    counts = {
+        "transfers": Transfer.objects.count(),
+        "review_items": ManualReviewItem.objects.count(),
+    }
+    for model in (Refund, RefundRequest, OrderEvent, IdempotencyRecord, OutboxMessage):
+        counts[model.__name__] = sum(
+            model.objects.using(alias).count() for alias in order_shard_aliases()
+        )
+    return counts

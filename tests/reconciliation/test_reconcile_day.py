@@ -83,9 +83,14 @@ def test_a_golden_day_gives_each_anomaly_exactly_its_outcome(acquirer, card_paym
 
 
 def test_a_clean_day_with_refunds_has_no_discrepancy(acquirer, card_payments):
-    refund_create(order_id=card_payments[0].order_id, amount=100, actor="test")
-    refund_create(order_id=card_payments[0].order_id, amount=50, actor="test")
-    refund_create(order_id=card_payments[3].order_id, amount=card_payments[3].amount, actor="test")
+    refund_create(order_id=card_payments[0].order_id, amount=100, actor="test", reason="test")
+    refund_create(order_id=card_payments[0].order_id, amount=50, actor="test", reason="test")
+    refund_create(
+        order_id=card_payments[3].order_id,
+        amount=card_payments[3].amount,
+        actor="test",
+        reason="test",
+    )
 
     summary = reconcile_day(channel="alpha", business_day=_today())
 

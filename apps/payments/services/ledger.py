@@ -160,9 +160,18 @@ def card_capture(*, channel: str, amount: int, fee: int, currency: str, referenc
 
 
 def refund_post(
-    *, method: str, channel: str, user_id: int, amount: int, currency: str, reference: str
+    *,
+    method: str,
+    channel: str,
+    user_id: int,
+    amount: int,
+    currency: str,
+    reference: str,
+    memo: str = "",
+    actor: str = "",
 ) -> bool:
-    """Money back to the buyer: to the wallet, or through the channel's clearing account."""
+    """Money back to the buyer: to the wallet, or through the channel's clearing account.
+    ``memo`` (why) and ``actor`` (who decided it) are kept on the journal transfer."""
     target = (
         wallet_account(user_id=user_id, currency=currency)
         if method == "wallet"
@@ -175,6 +184,8 @@ def refund_post(
             Leg(merchant_account(currency=currency), AVAILABLE, -amount),
             Leg(target, AVAILABLE, amount),
         ],
+        memo=memo[:300],
+        actor=actor[:100],
     )[1]
 
 
