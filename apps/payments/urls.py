@@ -3,5 +3,5 @@ from django.urls import path
 from apps.payments import views
 
 urlpatterns = [
-    path("orders/<int:order_id>/pay/", views.order_pay, name="order-pay"),
+    path("orders/<id64:order_id>/pay/", views.order_pay, name="order-pay"),
 ]
