@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from rest_framework import serializers
 
@@ -149,6 +149,9 @@ def test_json_documents_within_the_depth_round_trip(value):
 
 
 @PROPERTY
+@example(JSON_MAX_DEPTH, '{"a":', "[]", True)  # the inner array is the 33rd level
+@example(JSON_MAX_DEPTH, "[", "1", True)
+@example(JSON_MAX_DEPTH + 1, "[", "1", True)
 @given(
     st.integers(min_value=0, max_value=20_000),
     st.sampled_from(["[", '{"a":']),
@@ -161,12 +164,13 @@ def test_arbitrary_nesting_is_refused_past_the_bound_and_never_recurses(
     closer = "]" if opener == "[" else "}"
     raw = opener * depth + inner + (closer * depth if closed else "")
     well_formed = (closed or depth == 0) and (inner != "" or (opener == "[" and depth > 0))
+    levels = depth + (inner == "[]")
     try:
         json_loads_bounded(raw)
     except ParseRefused:
-        assert depth > JSON_MAX_DEPTH or not well_formed
+        assert levels > JSON_MAX_DEPTH or not well_formed
         return
-    assert depth <= JSON_MAX_DEPTH and well_formed
+    assert levels <= JSON_MAX_DEPTH and well_formed
 
 
 @PROPERTY
