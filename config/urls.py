@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.catalog import api as catalog_api
@@ -9,6 +9,11 @@ from apps.orders import api as orders_api
 from apps.payments import api as payments_api
 from apps.users import api as users_api
 from shop import health, metrics
+from shop.converters import Id64Converter
+
+# <id64:...>: 1..2**63-1, else 404 before any view or query (shop/converters.py). Registered
+# before the apps' URL modules below are included, which use it too.
+register_converter(Id64Converter, "id64")
 
 admin.site.site_header = "Shop operations"
 admin.site.site_title = "Shop admin"
@@ -18,40 +23,40 @@ api_v1 = [
     path("auth/token/", users_api.UserTokenApi.as_view(), name="api-token"),
     path(
         "products/",
-        catalog_pages.shared_listing(catalog_api.ProductListApi.as_view()),
+        catalog_pages.shared_api_listing(catalog_api.ProductListApi.as_view()),
         name="api-product-list",
     ),
     path(
-        "products/<int:product_id>/",
+        "products/<id64:product_id>/",
         catalog_pages.shared_page(catalog_api.ProductDetailApi.as_view()),
         name="api-product-detail",
     ),
     path("categories/", catalog_api.CategoryListApi.as_view(), name="api-category-list"),
     path("orders/", orders_api.OrderCollectionApi.as_view(), name="api-orders"),
-    path("orders/<int:order_id>/", orders_api.OrderDetailApi.as_view(), name="api-order-detail"),
+    path("orders/<id64:order_id>/", orders_api.OrderDetailApi.as_view(), name="api-order-detail"),
     path(
-        "orders/<int:order_id>/cancel/",
+        "orders/<id64:order_id>/cancel/",
         payments_api.OrderCancelApi.as_view(),
         name="api-order-cancel",
     ),
     path(
-        "orders/<int:order_id>/payments/",
+        "orders/<id64:order_id>/payments/",
         payments_api.PaymentCreateApi.as_view(),
         name="api-payment-create",
     ),
     path(
-        "orders/<int:order_id>/refunds/",
+        "orders/<id64:order_id>/refunds/",
         payments_api.RefundCreateApi.as_view(),
         name="api-refund-create",
     ),
     path(
-        "orders/<int:order_id>/refund-requests/",
+        "orders/<id64:order_id>/refund-requests/",
         payments_api.RefundRequestCreateApi.as_view(),
         name="api-refund-request-create",
     ),
     path("wallet/", payments_api.WalletDetailApi.as_view(), name="api-wallet"),
     path(
-        "checkout-tickets/<int:ticket_id>/",
+        "checkout-tickets/<id64:ticket_id>/",
         orders_api.CheckoutTicketDetailApi.as_view(),
         name="api-checkout-ticket",
     ),
@@ -92,5 +97,6 @@ urlpatterns = [
     path("", include("apps.catalog.urls")),
 ]
 
+handler400 = "shop.errors.handler400"
 handler404 = "shop.errors.handler404"
 handler500 = "shop.errors.handler500"

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -65,6 +66,18 @@ class NotFound(ShopError):
     default_message = "Not found."
 
 
+class PageNotFound(NotFound):
+    """A page number past the last page of a listing (page 1 always exists, even if empty)."""
+
+    default_message = "No such page."
+
+
+class PayloadTooLarge(ShopError):
+    code = "payload_too_large"
+    http_status = 413
+    default_message = "The request body is too large."
+
+
 class ServiceUnavailable(ShopError):
     code = "service_unavailable"
     http_status = 503
@@ -100,6 +113,10 @@ def error_body_for(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]
         exc = NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):  # past DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = PayloadTooLarge()
+    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = ValidationFailed("The request has too many fields or files.")
 
     if isinstance(exc, ShopError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
@@ -178,6 +195,25 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     if is_api_request(request):
         return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
     return render(request, "errors/404.html", status=404)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A request Django itself refused before or around the view (a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE, too many form fields, a malformed multipart body): the API.md
+    body under /api/, the friendly error page elsewhere — never Django's bare page."""
+    rendered = render_error(request, exception) if exception is not None else None
+    if rendered is not None:
+        return rendered
+    if is_api_request(request):
+        return JsonResponse(
+            {"code": "bad_request", "detail": "The request could not be read."}, status=400
+        )
+    return render(
+        request,
+        "errors/shop_error.html",
+        {"code": "bad_request", "detail": "The request could not be read.", "status": 400},
+        status=400,
+    )
 
 
 def handler500(request: HttpRequest) -> HttpResponse:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -157,6 +158,16 @@ def validate_key(raw: str | None) -> str:
             extra={"fields": {HEADER: ["1-255 printable ASCII characters."]}},
         )
     return raw
+
+
+def form_key(raw: str | None) -> str:
+    """The idempotency key a rendered storefront form carries (a double click acts once), or a
+    fresh random one when it is missing or not what validate_key accepts: a form field is the
+    client's text, and a NUL or a 10,000-character key must not reach the records table."""
+    try:
+        return validate_key((raw or "")[:200])
+    except ShopError:
+        return uuid.uuid4().hex
 
 
 def request_fingerprint(*, method: str, path: str, body: Any) -> str:

@@ -233,7 +233,10 @@ def _authorized(request: HttpRequest) -> bool:
         return True
     token = settings.METRICS_TOKEN
     header = request.headers.get("Authorization", "")
-    return bool(token) and hmac.compare_digest(header, f"Bearer {token}")
+    # As bytes: compare_digest refuses str with non-ASCII characters (a header may hold any).
+    return bool(token) and hmac.compare_digest(
+        header.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()
+    )
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -10,6 +10,7 @@ nested a thousand deep, no ``int("²")`` surprise (``str.isdigit`` accepts Unico
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 #: The largest value of a signed 64-bit column (ids, bigint amounts).
@@ -53,6 +54,28 @@ def parse_id(text: object) -> int:
     return parse_int(text, min_value=1, max_value=INT64_MAX)
 
 
+def parse_amount(text: object) -> int:
+    """A non-negative amount of minor units that fits its ``bigint`` column, or ParseRefused."""
+    return parse_int(text, min_value=0, max_value=INT64_MAX)
+
+
+def parse_page(text: object) -> int:
+    """A page number (1, 2, ...; absent or empty means 1) in the 64-bit range, or ParseRefused.
+    Whether the page exists is the listing's question (past the end: not found)."""
+    if text is None or text == "":
+        return 1
+    return parse_int(text, min_value=1, max_value=INT64_MAX)
+
+
+def is_canonical_int(text: str) -> bool:
+    """Whether ``text`` is the one spelling of its number (no leading zeros): cache keys built
+    from a parameter must not multiply by ``1``, ``01``, ``001``..."""
+    try:
+        return str(parse_int(text)) == text
+    except ParseRefused:
+        return False
+
+
 #: JSON nested deeper than this is refused (an order's body is 3 levels deep).
 JSON_MAX_DEPTH = 32
 
@@ -81,9 +104,22 @@ def _depth_within(raw: str, max_depth: int) -> bool:
     return True
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ParseRefused(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ParseRefused(f"{text[:20]} is out of range")
+    return value
+
+
 def json_loads_bounded(raw: bytes | str, *, max_depth: int = JSON_MAX_DEPTH) -> Any:
     """Parse a JSON document (UTF-8 bytes or text) nested at most ``max_depth`` deep. Raises
-    ParseRefused for anything that is not such a document; never anything else."""
+    ParseRefused for anything that is not such a document; never anything else. ``NaN``,
+    ``Infinity`` and numbers too large for a float are refused (RFC 8259 has no such values;
+    DRF's own parser refuses them too), as are integers of more than 4,300 digits."""
     if isinstance(raw, bytes | bytearray):
         try:
             text = bytes(raw).decode("utf-8")
@@ -91,9 +127,12 @@ def json_loads_bounded(raw: bytes | str, *, max_depth: int = JSON_MAX_DEPTH) -> 
             raise ParseRefused("the body is not UTF-8") from exc
     else:
         text = raw
-    if not _depth_within(text, max_depth):
+    # Counting brackets is C-fast; the character walk only runs when they could nest too deep.
+    if text.count("[") + text.count("{") > max_depth and not _depth_within(text, max_depth):
         raise ParseRefused(f"JSON nested deeper than {max_depth} levels")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ParseRefused:
+        raise
     except (ValueError, RecursionError) as exc:
         raise ParseRefused(f"not valid JSON: {exc}"[:200]) from exc

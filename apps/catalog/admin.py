@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Count, Max, Min, QuerySet
 from django.http import HttpRequest
 
 from apps.catalog import services
 from apps.catalog.models import Category, Product, ProductImage, Sku
+from shop.parsing import ParseRefused, parse_id
 
 
 class SkuInline(admin.TabularInline):
@@ -51,7 +53,11 @@ class CategoryTreeFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if not self.value():
             return queryset
-        wanted, frontier = set(), {int(self.value())}
+        try:
+            frontier = {parse_id(self.value())}
+        except ParseRefused as exc:  # the admin shows its "invalid filter" notice
+            raise IncorrectLookupParameters(f"category: {exc}") from exc
+        wanted: set[int] = set()
         while frontier:
             wanted |= frontier
             frontier = (

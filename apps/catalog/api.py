@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,8 @@ from rest_framework.views import APIView
 
 from apps.catalog import selectors
 from apps.catalog.exceptions import CategoryNotFound, ProductNotFound
+from shop.parsers import PageField, StrictIntegerField
+from shop.parsing import ParseRefused, parse_id
 
 
 class CategoryRefSerializer(serializers.Serializer):
@@ -66,9 +69,9 @@ class PaginatedProductsSerializer(serializers.Serializer):
 def _category_id(value: str) -> int:
     """A category filter may be a slug or an id; unknown or hidden ones are 404."""
     node = None
-    if value.isdigit():
-        node = selectors.category_tree()["nodes"].get(int(value))
-        node = node if node is not None and node["visible"] else None
+    with contextlib.suppress(ParseRefused):  # not an id: a slug
+        node = selectors.category_tree()["nodes"].get(parse_id(value))
+    node = node if node is not None and node["visible"] else None
     if node is None:
         node = selectors.category_get_by_slug(value)
     if node is None:
@@ -77,7 +80,9 @@ def _category_id(value: str) -> int:
 
 
 class ProductListApi(APIView):
-    """Visible products, paginated; filter by category (slug or id, subtree) and name."""
+    """Visible products, paginated; filter by category (slug or id, subtree) and name. A page
+    that is not a whole number 1..2**63-1 is 400 ``validation_error``; one past the last page
+    is 404 ``not_found`` (docs/input-limits.md)."""
 
     permission_classes = [AllowAny]
 
@@ -87,8 +92,8 @@ class ProductListApi(APIView):
         sort = serializers.ChoiceField(
             choices=list(selectors.SORTS), default=selectors.DEFAULT_SORT
         )
-        page = serializers.IntegerField(min_value=1, default=1)
-        page_size = serializers.IntegerField(
+        page = PageField()
+        page_size = StrictIntegerField(
             min_value=1, max_value=settings.API_MAX_PAGE_SIZE, required=False
         )
 

@@ -7,24 +7,45 @@ so they live PAGE_CACHE_TTL seconds at most.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.http import HttpRequest
 
 from apps.catalog.selectors import SORTS
 from shop.pagecache import cacheable_page
+from shop.parsing import is_canonical_int
 
-LISTING_PARAMS = {"category", "sort", "page", "page_size"}
+# What each listing reads; any other parameter (a search, junk) is not shared.
+STOREFRONT_LISTING_PARAMS = {"category", "sort", "page"}
+API_LISTING_PARAMS = {"category", "sort", "page", "page_size"}
 
 
-def _plain_browsing(request: HttpRequest) -> bool:
+def _plain_browsing(allowed: set[str]) -> Callable[[HttpRequest], bool]:
     """Searches and unknown parameters are not shared: they would fill the cache with pages
-    nobody asks for twice."""
-    params = request.GET
-    return (
-        not set(params) - LISTING_PARAMS
-        and params.get("sort", "name") in SORTS
-        and all(params.get(name, "1").isdigit() for name in ("page", "page_size"))
-    )
+    nobody asks for twice. Nor are numbers spelt more than one way (``page=01``): every shared
+    page is one of a bounded set — a page that does not exist is a 404, which is never stored.
+    """
+
+    def accept(request: HttpRequest) -> bool:
+        params = request.GET
+        return (
+            not set(params) - allowed
+            and all(len(params.getlist(name)) == 1 for name in params)
+            and params.get("sort", "name") in SORTS
+            and all(
+                is_canonical_int(params[name]) for name in ("page", "page_size") if name in params
+            )
+        )
+
+    return accept
 
 
-shared_page = cacheable_page()
-shared_listing = cacheable_page(_plain_browsing)
+def _no_parameters(request: HttpRequest) -> bool:
+    """Home and product pages read no parameter: ``?x=1``, ``?x=2``... are the same page, and
+    sharing each would let anyone grow the cache without bound."""
+    return not request.GET
+
+
+shared_page = cacheable_page(_no_parameters)
+shared_listing = cacheable_page(_plain_browsing(STOREFRONT_LISTING_PARAMS))
+shared_api_listing = cacheable_page(_plain_browsing(API_LISTING_PARAMS))

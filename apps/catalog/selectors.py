@@ -20,6 +20,7 @@ from django.db.models import Prefetch, QuerySet
 from apps.catalog.models import Category, Product, Sku
 from apps.inventory.selectors import stock_available_many
 from shop.cache import cache_fetch
+from shop.errors import PageNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ DEFAULT_SORT = "name"
 MAX_QUERY_LENGTH = 100
 # Ids are 64-bit; anything outside cannot exist, so it is answered without touching anything.
 MAX_ID = 2**63 - 1
+SKU_CODE_MAX_LENGTH = Sku._meta.get_field("code").max_length
 
 
 def product_group(product_id: int) -> str:
@@ -271,8 +273,17 @@ class SkuForCheckout:
 def skus_for_checkout(codes: Iterable[str]) -> dict[str, SkuForCheckout]:
     """Current price and state of SKUs by code, read from the database (never the cache: an
     order snapshots the price the buyer pays). Unknown codes are simply absent."""
+    # A code that cannot be a SKU's (too long, a NUL PostgreSQL refuses to compare, another
+    # control character) is simply unknown: it never reaches the query.
+    wanted = [
+        code
+        for code in codes
+        if isinstance(code, str) and 0 < len(code) <= SKU_CODE_MAX_LENGTH and code.isprintable()
+    ]
+    if not wanted:
+        return {}
     visible = set(_visible_category_ids())
-    rows = Sku.objects.filter(code__in=list(codes)).select_related("product")
+    rows = Sku.objects.filter(code__in=wanted).select_related("product")
     return {
         sku.code: SkuForCheckout(
             id=sku.id,
@@ -319,7 +330,8 @@ class ProductPage:
 def listing_load(
     category_id: int | None, query: str, sort: str, page: int, page_size: int
 ) -> dict[str, Any]:
-    """One listing page straight from the database: ``{"count", "items"}`` (4 queries)."""
+    """One listing page straight from the database: ``{"count", "items"}`` (4 queries; 1 for a
+    page past the end, which has no items and is never sliced: its offset may not fit)."""
     visible = (
         category_descendant_ids(category_id) if category_id is not None else _visible_category_ids()
     )
@@ -327,9 +339,21 @@ def listing_load(
     if query:
         queryset = queryset.filter(name__icontains=query)
     count = queryset.count()
+    if page > _num_pages(count, page_size):
+        return {"count": count, "items": []}
     offset = (page - 1) * page_size
     rows = _products_with_relations(queryset.order_by(*SORTS[sort]))[offset : offset + page_size]
     return {"count": count, "items": [_product_document(p, full=False) for p in rows]}
+
+
+def _num_pages(count: int, page_size: int) -> int:
+    return max(1, math.ceil(count / page_size))
+
+
+def _search_text(query: str) -> str:
+    """What a search looks for: printable characters only (a NUL cannot be sent to
+    PostgreSQL, and no product name holds a control character), at most MAX_QUERY_LENGTH."""
+    return "".join(ch for ch in query.strip()[:MAX_QUERY_LENGTH] if ch.isprintable())
 
 
 def product_page(
@@ -343,15 +367,20 @@ def product_page(
     """One page of visible products, optionally in a category subtree or matching ``query``.
 
     Browsing (no query) is cached; searches go to the database, because arbitrary search text
-    would fill the cache with keys nobody reads twice. Past the last page: empty items.
+    would fill the cache with keys nobody reads twice. A page past the last one raises
+    PageNotFound (page 1 always exists) and is never stored, so junk page numbers cost a count
+    query each — no more than a search — and cannot grow the cache.
     """
     page_size = page_size or settings.CATALOG_PAGE_SIZE
-    query = query.strip()[:MAX_QUERY_LENGTH]
+    query = _search_text(query)
     sort = sort if sort in SORTS else DEFAULT_SORT
     page = max(1, page)
 
     def load() -> dict[str, Any]:
-        return listing_load(category_id, query, sort, page, page_size)
+        data = listing_load(category_id, query, sort, page, page_size)
+        if page > _num_pages(data["count"], page_size):
+            raise PageNotFound()  # out of cache_fetch before anything is stored
+        return data
 
     if query:
         data = load()

@@ -7,12 +7,12 @@ urlpatterns = [
     path("", shared_page(views.home), name="home"),
     path("products/", shared_listing(views.product_list), name="product-list"),
     path(
-        "products/<int:product_id>/",
+        "products/<id64:product_id>/",
         shared_page(views.product_detail),
         name="product-detail-short",
     ),
     path(
-        "products/<int:product_id>/<slug:slug>/",
+        "products/<id64:product_id>/<slug:slug>/",
         shared_page(views.product_detail),
         name="product-detail",
     ),

@@ -7,6 +7,8 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from apps.catalog import selectors
+from shop.errors import PageNotFound
+from shop.parsing import ParseRefused, parse_page
 from shop.runtime import switch_on
 
 RELATED_COUNT = 4
@@ -23,12 +25,13 @@ def home(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _positive_int(value: str | None, default: int = 1) -> int:
+def _page_number_or_404(request: HttpRequest) -> int:
+    """``?page=`` of a storefront listing: absent means 1; anything that is not a page number
+    (junk, 0, negative, past 64 bits) is the friendly 404, as is a page past the last one."""
     try:
-        number = int(value or default)
-    except ValueError:
-        return default
-    return number if number > 0 else default
+        return parse_page(request.GET.get("page"))
+    except ParseRefused as exc:
+        raise Http404("No such page.") from exc
 
 
 def product_list(request: HttpRequest) -> HttpResponse:
@@ -39,14 +42,15 @@ def product_list(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()[: selectors.MAX_QUERY_LENGTH]
     sort = request.GET.get("sort", selectors.DEFAULT_SORT)
     sort = sort if sort in selectors.SORTS else selectors.DEFAULT_SORT
-    page = selectors.product_page(
-        category_id=category["id"] if category else None,
-        query=query,
-        sort=sort,
-        page=_positive_int(request.GET.get("page")),
-    )
-    if page.page > page.num_pages:
-        raise Http404("No such page.")
+    try:
+        page = selectors.product_page(
+            category_id=category["id"] if category else None,
+            query=query,
+            sort=sort,
+            page=_page_number_or_404(request),
+        )
+    except PageNotFound as exc:
+        raise Http404("No such page.") from exc
     base_params = {k: v for k, v in (("category", slug), ("q", query), ("sort", sort)) if v}
     nodes = selectors.category_tree()["nodes"]
     subcategories = [

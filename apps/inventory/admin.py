@@ -9,10 +9,16 @@ from django.http import HttpRequest
 from apps.inventory.models import FlashSale, Stock
 from apps.inventory.services import stock_receive
 
+# The most units one operator entry may add (a delivery, a sale's stock): far beyond any real
+# one, so a typo is refused, and FlashSale.units (a 32-bit column) and the bigint counters stay
+# far from overflowing.
+UNITS_PER_ENTRY_MAX = 1_000_000_000
+
 
 class StockForm(forms.ModelForm):
     receive = forms.IntegerField(
         min_value=1,
+        max_value=UNITS_PER_ENTRY_MAX,
         required=False,
         help_text="Units received now; added to received and available. "
         "Counts are never edited directly: the sum must always add up.",
@@ -46,8 +52,10 @@ class StockAdmin(admin.ModelAdmin):
 
 class FlashSaleForm(forms.Form):
     sku = forms.CharField(max_length=64, help_text="SKU code")
-    stock = forms.IntegerField(min_value=0, help_text="Units to put on sale now.")
-    per_user_limit = forms.IntegerField(min_value=1, required=False)
+    stock = forms.IntegerField(
+        min_value=0, max_value=UNITS_PER_ENTRY_MAX, help_text="Units to put on sale now."
+    )
+    per_user_limit = forms.IntegerField(min_value=1, max_value=UNITS_PER_ENTRY_MAX, required=False)
 
 
 @admin.register(FlashSale)

@@ -16,6 +16,7 @@ from apps.orders.exceptions import OrderNotFound
 from apps.orders.models import CheckoutTicket, Order
 from shop.errors import NotFound
 from shop.idempotency import HEADER, Replay, idempotent_request, validate_key
+from shop.parsers import PageField, StrictIntegerField
 from shop.sharding import shard_for_user
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
@@ -83,7 +84,7 @@ class OrderCreateApi(APIView):
 
     class ItemSerializer(serializers.Serializer):
         sku = serializers.CharField(max_length=64)
-        quantity = serializers.IntegerField(min_value=1, max_value=settings.ORDER_LINE_MAX_QUANTITY)
+        quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_LINE_MAX_QUANTITY)
 
     class InputSerializer(serializers.Serializer):
         items = serializers.ListField(min_length=1, max_length=settings.ORDER_MAX_LINES)
@@ -206,10 +207,11 @@ class CheckoutTicketDetailApi(APIView):
 
 
 class OrderListApi(APIView):
-    """The caller's orders, newest first."""
+    """The caller's orders, newest first. A page that is not a whole number 1..2**63-1 is 400
+    ``validation_error``; one past the last page is 404 ``not_found``."""
 
     class FilterSerializer(serializers.Serializer):
-        page = serializers.IntegerField(min_value=1, default=1)
+        page = PageField()
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)})
     def get(self, request: Request) -> Response:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -7,6 +8,7 @@ from datetime import datetime
 from django.db.models import Count, Prefetch, QuerySet
 
 from apps.orders.models import Order, OrderEvent, OrderLine
+from shop.errors import PageNotFound
 from shop.sharding import order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_floor, id_is_plausible, id_minute, id_minute_start
 
@@ -50,11 +52,16 @@ class OrderPage:
 
 
 def orders_for_user(*, user_id: int, page: int = 1, page_size: int = 20) -> OrderPage:
-    """A buyer's orders, newest first, from their shard (4 queries whatever the page size)."""
+    """A buyer's orders, newest first, from their shard (4 queries whatever the page size).
+    A page past the last raises PageNotFound (page 1 always exists), before any slice whose
+    offset might not fit a 64-bit column."""
     queryset = Order.objects.using(shard_for_user(user_id)).filter(user_id=user_id)
+    count = queryset.count()
+    if page > max(1, math.ceil(count / page_size)):
+        raise PageNotFound()
     offset = (page - 1) * page_size
     items = list(_with_lines(queryset.order_by("-id"))[offset : offset + page_size])
-    return OrderPage(items=items, count=queryset.count(), page=page, page_size=page_size)
+    return OrderPage(items=items, count=count, page=page, page_size=page_size)
 
 
 def orders_per_minute(*, since: datetime) -> dict[datetime, int]:

@@ -7,7 +7,7 @@ urlpatterns = [
     path("cart/add/", views.cart_add, name="cart-add"),
     path("cart/update/", views.cart_update, name="cart-update"),
     path("checkout/", views.checkout, name="checkout"),
-    path("checkout/tickets/<int:ticket_id>/", views.checkout_ticket, name="checkout-ticket"),
+    path("checkout/tickets/<id64:ticket_id>/", views.checkout_ticket, name="checkout-ticket"),
     path("orders/", views.order_list, name="order-list"),
-    path("orders/<int:order_id>/", views.order_detail, name="order-detail"),
+    path("orders/<id64:order_id>/", views.order_detail, name="order-detail"),
 ]

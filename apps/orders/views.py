@@ -20,22 +20,26 @@ from apps.catalog.selectors import skus_for_checkout
 from apps.inventory.selectors import stock_available_many
 from apps.orders import flash, selectors, services
 from apps.orders.cart import Cart
-from shop.errors import ShopError
+from shop.errors import PageNotFound, ShopError
 from shop.idempotency import (
     IdempotencyConflict,
     IdempotencyMismatch,
     Replay,
+    form_key,
     idempotency_begin,
     request_fingerprint,
 )
+from shop.parsing import ParseRefused, parse_int, parse_page
 from shop.sharding import shard_for_user
 
 
-def _positive_int(value: str | None, default: int = 0) -> int:
+def _quantity(value: str | None) -> int | None:
+    """A quantity typed into a storefront form: a whole number (capped later at
+    ORDER_LINE_MAX_QUANTITY), or None for anything else — the form says so, nothing changes."""
     try:
-        return int(value or default)
-    except ValueError:
-        return default
+        return parse_int((value or "").strip())
+    except ParseRefused:
+        return None
 
 
 def _csrf_ok(request: HttpRequest) -> bool:
@@ -61,7 +65,10 @@ def cart_add(request: HttpRequest) -> HttpResponse:
             status=403,
         )
     code = request.POST.get("sku", "")
-    quantity = max(1, _positive_int(request.POST.get("quantity"), 1))
+    quantity = _quantity(request.POST.get("quantity") or "1")
+    if quantity is None or quantity < 1:
+        messages.error(request, "Please choose how many you want (a whole number).")
+        return redirect("cart")
     sku = skus_for_checkout([code]).get(code)
     if sku is None or not sku.sellable:
         messages.error(request, "That item is not for sale.")
@@ -115,7 +122,11 @@ def cart_update(request: HttpRequest) -> HttpResponse:
         if f"remove-{code}" in request.POST:
             cart.set(code, 0)
         elif f"quantity-{code}" in request.POST:
-            cart.set(code, _positive_int(request.POST.get(f"quantity-{code}")))
+            quantity = _quantity(request.POST.get(f"quantity-{code}"))
+            if quantity is None:
+                messages.error(request, "Quantities are whole numbers; that line was left as is.")
+                continue
+            cart.set(code, quantity)
     return redirect("cart")
 
 
@@ -128,7 +139,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
         return redirect("cart")
     user_id = request.user.id
     items = cart.as_order_items()
-    key = request.POST.get("checkout_key", "")[:200] or uuid.uuid4().hex
+    key = form_key(request.POST.get("checkout_key"))
     try:
         outcome = idempotency_begin(
             using=shard_for_user(user_id),
@@ -269,7 +280,11 @@ def order_detail(request: HttpRequest, order_id: int) -> HttpResponse:
 
 @login_required
 def order_list(request: HttpRequest) -> HttpResponse:
-    page = selectors.orders_for_user(
-        user_id=request.user.id, page=max(1, _positive_int(request.GET.get("page"), 1))
-    )
+    """A page that is not a page number, or past the last one, is the friendly 404."""
+    try:
+        page = selectors.orders_for_user(
+            user_id=request.user.id, page=parse_page(request.GET.get("page"))
+        )
+    except (ParseRefused, PageNotFound) as exc:
+        raise Http404("No such page.") from exc
     return render(request, "orders/order_list.html", {"page": page})

@@ -430,9 +430,16 @@ class TransferAdmin(ReadOnlyAdmin):
     inlines = [EntryInline]
 
 
+# The largest single top-up an operator can enter (€1,000,000,000.00 in cents): far beyond any
+# real credit, so a typo is refused, and balances stay far from the bigint column's limit.
+TOPUP_MAX_MINOR_UNITS = 100_000_000_000
+
+
 class TopUpForm(forms.Form):
     user = forms.ModelChoiceField(queryset=get_user_model().objects.filter(is_active=True))
-    amount = forms.IntegerField(min_value=1, help_text="Minor units (cents).")
+    amount = forms.IntegerField(
+        min_value=1, max_value=TOPUP_MAX_MINOR_UNITS, help_text="Minor units (cents)."
+    )
     currency = forms.CharField(max_length=3, initial="EUR")
     note = forms.CharField(max_length=200, help_text="Why (kept in the journal).")
 

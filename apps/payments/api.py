@@ -20,6 +20,7 @@ from apps.payments.services.refund_requests import REQUEST_REASON_MAX_LENGTH
 from apps.payments.services.refunds import REASON_MAX_LENGTH, operator_actor
 from apps.payments.services.webhooks import WebhookRejected
 from shop.idempotency import Replay, idempotent_request
+from shop.parsers import StrictIntegerField, body_bounded
 from shop.parsing import INT64_MAX
 from shop.sharding import shard_for_id, shard_for_user
 from shop.sharding.ids import id_is_plausible
@@ -114,7 +115,7 @@ class RefundCreateApi(APIView):
     permission_classes = [IsAuthenticated, RefundOperatorOnly]
 
     class InputSerializer(serializers.Serializer):
-        amount = serializers.IntegerField(min_value=1, max_value=INT64_MAX)
+        amount = StrictIntegerField(min_value=1, max_value=INT64_MAX)
         reason = serializers.CharField(max_length=REASON_MAX_LENGTH)
 
     @extend_schema(
@@ -183,7 +184,7 @@ class RefundRequestCreateApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=REQUEST_REASON_MAX_LENGTH)
-        amount = serializers.IntegerField(min_value=1, max_value=INT64_MAX, required=False)
+        amount = StrictIntegerField(min_value=1, max_value=INT64_MAX, required=False)
 
     @extend_schema(
         request=InputSerializer,
@@ -237,15 +238,16 @@ class WebhookReceiveApi(APIView):
 
     @extend_schema(request=None, responses={200: None})
     def post(self, request: Request, channel: str) -> Response:
+        body = body_bounded(request)  # 413 past API_MAX_JSON_BYTES
         try:
             event = services.webhook_verify(
                 channel=channel,
                 timestamp=request.headers.get("X-Acquirer-Timestamp"),
                 signature=request.headers.get("X-Acquirer-Signature"),
-                body=request.body,
+                body=body,
             )
         except WebhookRejected:
-            services.webhook_distrusted(body=request.body)
+            services.webhook_distrusted(body=body)
             raise
         outcome = services.webhook_receive(channel=channel, event=event)
         return Response({"received": True, "outcome": outcome})

@@ -3,12 +3,12 @@ from django.urls import path
 from apps.payments import views
 
 urlpatterns = [
-    path("orders/<int:order_id>/pay/", views.order_pay, name="order-pay"),
+    path("orders/<id64:order_id>/pay/", views.order_pay, name="order-pay"),
     # The buyer's cancel refunds a paid order, so it is the payments app's (orders never
     # imports payments); same path and name as ever.
-    path("orders/<int:order_id>/cancel/", views.order_cancel, name="order-cancel"),
+    path("orders/<id64:order_id>/cancel/", views.order_cancel, name="order-cancel"),
     path(
-        "orders/<int:order_id>/refund-requests/",
+        "orders/<id64:order_id>/refund-requests/",
         views.order_refund_request,
         name="order-refund-request",
     ),

@@ -24,6 +24,7 @@ from shop.idempotency import (
     IdempotencyConflict,
     IdempotencyMismatch,
     Replay,
+    form_key,
     idempotency_begin,
     request_fingerprint,
 )
@@ -64,7 +65,7 @@ def _pay(request: HttpRequest, order_id: int) -> HttpResponse:
         messages.error(request, "Choose how to pay.")
         return redirect("order-pay", order_id=order_id)
     user_id = request.user.id
-    key = request.POST.get("pay_key", "")[:200] or uuid.uuid4().hex
+    key = form_key(request.POST.get("pay_key"))
     try:
         claim = idempotency_begin(
             using=shard_for_user(user_id),

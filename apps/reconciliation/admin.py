@@ -20,7 +20,12 @@ from apps.payments.models import PaymentChannel
 from apps.reconciliation.exceptions import SettlementFileInvalid, SettlementUnavailable
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile
 from apps.reconciliation.selectors import runs_latest_completed_per_day
-from apps.reconciliation.services import discrepancy_resolve, reconcile_day, settlement_import
+from apps.reconciliation.services import (
+    discrepancy_resolve,
+    reconcile_day,
+    settlement_import,
+    settlement_lines,
+)
 from shop.adminkit import ReadOnlyAdmin
 from shop.errors import ShopError
 
@@ -206,7 +211,7 @@ class SettlementFileAdmin(ReadOnlyAdmin):
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            lines = io.TextIOWrapper(data["file"].file, encoding="utf-8", newline="")
+            lines = settlement_lines(data["file"].file)  # strict UTF-8, bounded lines
             settlement = summary = None
             try:
                 settlement = settlement_import(

@@ -216,6 +216,12 @@ CATALOG_PAGE_SIZE = env.int("CATALOG_PAGE_SIZE", default=24)
 API_MAX_PAGE_SIZE = env.int("API_MAX_PAGE_SIZE", default=100)
 HOME_HOT_PRODUCTS = 8
 
+# Largest JSON body an API endpoint or a webhook reads (413 payload_too_large past it). The
+# largest legitimate body, an order of ORDER_MAX_LINES lines, is about 2 KiB and a bank's
+# notification under 1 KiB: 64 KiB is ample headroom, and bounds what one request makes a
+# worker read and parse (Django's own 2.5 MB bound does not apply to DRF's JSON parser).
+API_MAX_JSON_BYTES = env.int("API_MAX_JSON_BYTES", default=64 * 1024)
+
 # Retry-After (seconds) on a 503 when a dependency is down: long enough not to hammer it.
 SERVICE_UNAVAILABLE_RETRY_AFTER = env.int("SERVICE_UNAVAILABLE_RETRY_AFTER", default=5)
 
@@ -521,6 +527,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON through shop.parsers (size and depth bounded; DRF's parser lets a RecursionError
+    # out). Forms stay for the browsable API; Django bounds them (DATA_UPLOAD_MAX_*).
+    "DEFAULT_PARSER_CLASSES": [
+        "shop.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

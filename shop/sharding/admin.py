@@ -10,8 +10,18 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from shop.adminkit import ReadOnlyAdmin
+from shop.parsing import ParseRefused, parse_id
 from shop.sharding import order_shard_aliases, shard_for_id
 from shop.sharding.ids import id_is_plausible
+
+
+def _plausible_id(text: str) -> int | None:
+    """``text`` as an id that can be ours (strict digits, 64-bit, a logical shard we have)."""
+    try:
+        value = parse_id(text)
+    except ParseRefused:
+        return None
+    return value if id_is_plausible(value) else None
 
 
 def requested_alias(request: HttpRequest) -> str:
@@ -19,8 +29,9 @@ def requested_alias(request: HttpRequest) -> str:
     object_id = (match.kwargs.get("object_id") if match else None) or ""
     query = request.GET.get("q", "").strip()
     for candidate in (object_id, query):
-        if candidate.isdigit() and id_is_plausible(int(candidate)):
-            return shard_for_id(int(candidate))
+        found = _plausible_id(candidate)
+        if found is not None:
+            return shard_for_id(found)
     shard = request.GET.get("shard")
     aliases = order_shard_aliases()
     return shard if shard in aliases else aliases[0]
@@ -66,9 +77,10 @@ class ShardedAdmin(ReadOnlyAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if not term.isdigit():
+        found = _plausible_id(term)
+        if found is None:  # not an id of ours: nothing matches
             return queryset.none(), False
-        return queryset.filter(id=int(term)), False
+        return queryset.filter(id=found), False
 
 
 class ShardedInline(admin.TabularInline):

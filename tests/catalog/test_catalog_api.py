@@ -94,10 +94,13 @@ def test_unknown_or_hidden_things_are_404_in_the_error_format(client, tree):
 
 
 @pytest.mark.django_db
-def test_a_page_past_the_end_is_empty(client, tree):
-    body = client.get("/api/v1/products/?page=9").json()
-    assert body["results"] == []
-    assert body["count"] == 2
+def test_a_page_past_the_end_is_not_found(client, tree):
+    # Given a listing of 2 products on one page
+    assert client.get("/api/v1/products/").json()["count"] == 2
+    # When a page past the last is asked for, then it is 404 (as on the storefront)
+    response = client.get("/api/v1/products/?page=9")
+    assert response.status_code == 404
+    assert response.json() == {"code": "not_found", "detail": "No such page."}
 
 
 @pytest.mark.django_db

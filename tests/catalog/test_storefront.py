@@ -46,7 +46,8 @@ def test_list_filters_by_category_searches_and_paginates(client, shop):
 def test_bad_list_input_is_a_friendly_answer(client, shop):
     assert client.get("/products/?category=nope").status_code == 404
     assert client.get("/products/?page=99").status_code == 404
-    assert client.get("/products/?page=abc").status_code == 200  # treated as page 1
+    # a page that is not a page number is not a page of the listing either (docs/input-limits.md)
+    assert client.get("/products/?page=abc").status_code == 404
     assert client.get("/products/?sort=bogus").status_code == 200
 
 

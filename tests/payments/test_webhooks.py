@@ -166,3 +166,138 @@ def test_the_acquirer_delivers_signed_duplicated_webhooks_applied_once(
         "payment.captured",
     ]
     assert_invariants_hold()
+
+
+# --- No input makes a 500 (docs/input-limits.md) ------------------------------------------------
+
+BIG = "1" * 5000
+
+
+def _raw_post(client, body: bytes, *, timestamp: str, signature: str | None = None):
+    signature = signature or webhook_signature(
+        secret=channel_webhook_secret("alpha"), timestamp=timestamp, body=body
+    )
+    return client.post(
+        URL,
+        body,
+        content_type="application/json",
+        HTTP_X_ACQUIRER_TIMESTAMP=timestamp,
+        HTTP_X_ACQUIRER_SIGNATURE=signature,
+    )
+
+
+@pytest.fixture
+def settle_calls(monkeypatch):
+    """Payments the webhook code asked the channel about (none must be, for junk ids)."""
+    from apps.payments.services import webhooks
+
+    calls: list[int] = []
+    monkeypatch.setattr(
+        webhooks, "payment_settle_now", lambda *, payment_id: calls.append(payment_id)
+    )
+    return calls
+
+
+def _assert_rejected(response, settle_calls) -> None:
+    assert response.status_code == 400, response.content[:200]
+    body = response.json()
+    assert body["code"] == "webhook_rejected" and body["detail"]
+    assert not WebhookEvent.objects.exists()
+    assert not TccTransaction.objects.exists()
+    assert settle_calls == []
+
+
+@pytest.mark.django_db(databases=ALL)
+@pytest.mark.parametrize(
+    "timestamp", ["1" * 400, BIG, "²", "１٣", "-5", " 17", "1.5", "0x10", "\x00", "é"]
+)
+def test_a_malformed_timestamp_is_rejected_whatever_the_signature(
+    client, channels, settle_calls, timestamp
+):
+    # Given a notification signed over a timestamp that is not whole seconds in ASCII digits
+    response = _raw_post(
+        client, json.dumps(_event(payment_id="none")).encode(), timestamp=timestamp
+    )
+    # Then it is rejected like any unverifiable notification, and nothing is applied
+    _assert_rejected(response, settle_calls)
+
+
+@pytest.mark.django_db(databases=ALL)
+@pytest.mark.parametrize("signature", ["sha256=é", "\x80\xff", "sha256=" + "0" * 5000, "\x00"])
+def test_a_non_ascii_or_odd_signature_is_rejected(client, channels, settle_calls, signature):
+    now = str(int(time.time()))
+    response = _raw_post(
+        client, json.dumps(_event(payment_id="none")).encode(), timestamp=now, signature=signature
+    )
+    _assert_rejected(response, settle_calls)
+
+
+@pytest.mark.django_db(databases=ALL)
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"payment_id": "²"}).encode(),
+        json.dumps({"payment_id": BIG}).encode(),
+        json.dumps({"payment_id": "1" * 400}).encode(),
+        json.dumps({"payment_id": str(2**64)}).encode(),
+        json.dumps({"payment_id": [1]}).encode(),
+        ("[" * 1000 + "]" * 1000).encode(),
+        ('{"payment_id": ' + "[" * 1000 + "]" * 1000 + "}").encode(),
+        b"\xff\xfe\x00",
+        b"NaN",
+    ],
+)
+def test_an_unverified_body_naming_no_payment_of_ours_is_rejected_and_nothing_asked(
+    client, channels, settle_calls, body
+):
+    # Given a forged notification (bad signature) whose body is junk
+    now = str(int(time.time()))
+    response = _raw_post(client, body, timestamp=now, signature="sha256=forged")
+    # Then it is rejected, nothing recorded, and the channel is not asked about anything
+    _assert_rejected(response, settle_calls)
+
+
+@pytest.mark.django_db(databases=ALL)
+@pytest.mark.parametrize(
+    "body",
+    [
+        ("[" * 1000 + "]" * 1000).encode(),
+        ('{"event_id": "e1", "x": ' + "[" * 1000 + "]" * 1000 + "}").encode(),
+        b'{"event_id": "e1", "amount": NaN}',
+        b'{"event_id": "e1", "amount": 1e999}',
+        b'{"event_id": "e1\\u0000", "payment_id": "none"}',
+        b'{"event_id": "e1", "type": "\\u0000"}',
+        b"\xff\xfe{\x00}\x00",
+    ],
+)
+def test_a_signed_body_that_is_not_a_storable_event_is_rejected(
+    client, channels, settle_calls, body
+):
+    # Given a correctly signed, fresh notification whose body cannot be an event
+    response = _raw_post(client, body, timestamp=str(int(time.time())))
+    # Then it is rejected and nothing is recorded
+    _assert_rejected(response, settle_calls)
+
+
+@pytest.mark.django_db(databases=ALL)
+@pytest.mark.parametrize("payment_id", ["²", BIG, "1" * 400, str(2**64), "0", "-1", " 12", "１"])
+def test_a_signed_event_naming_no_payment_of_ours_is_recorded_and_ignored(
+    client, channels, settle_calls, payment_id
+):
+    # Given an authentic event whose payment id is not one of ours (not even a number)
+    response = _post(client, _event(payment_id=payment_id))
+    # Then it is acknowledged (the bank must not retry it forever) and not applied
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "outcome": "ignored"}
+    assert WebhookEvent.objects.count() == 1
+    assert settle_calls == []
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_a_body_over_the_bound_is_413_and_nothing_is_read(client, channels, settle_calls):
+    body = json.dumps(_event(padding="x" * 70_000)).encode()
+    response = _raw_post(client, body, timestamp=str(int(time.time())))
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+    assert not WebhookEvent.objects.exists()
+    assert settle_calls == []

@@ -8,13 +8,14 @@ import pytest
 from django.utils import timezone
 
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile
+from apps.reconciliation.services.files import SETTLEMENT_HEADER
 from shop.models import ManualReviewItem
 from tests.factories.users import UserFactory
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 CSV = (
-    "channel_transaction_id,payment_id,type,amount,currency,status,settled_at,fee\n"
+    SETTLEMENT_HEADER + "\n"
     "t1,999,capture,1000,EUR,settled,2026-11-30T10:00:00+00:00,59\n"
     "t2,998,capture,500,EUR,reversed,2026-11-30T11:00:00+00:00,35\n"
 )

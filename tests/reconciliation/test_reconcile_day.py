@@ -15,6 +15,7 @@ from apps.payments.models import Payment, Transfer
 from apps.payments.services import payment_pay, refund_create
 from apps.reconciliation.models import Discrepancy, ReconciliationRun, SettlementFile, SettlementRow
 from apps.reconciliation.services import reconcile_day
+from apps.reconciliation.services.files import SETTLEMENT_HEADER
 from shop.models import ManualReviewItem
 from shop.sharding import shard_for_id
 from tests.factories.catalog import product_with_skus
@@ -167,7 +168,7 @@ def test_bank_only_heals_a_payment_we_left_unknown(acquirer, channels, shopper, 
     ],
 )
 def test_malformed_files_are_rejected_with_line_and_reason(channels, tmp_path, content, reason):
-    header = "channel_transaction_id,payment_id,type,amount,currency,status,settled_at,fee"
+    header = SETTLEMENT_HEADER
     path = tmp_path / "day.csv"
     path.write_text(content.replace("{h}", header))
     with pytest.raises(CommandError, match=reason):
@@ -180,8 +181,7 @@ def test_malformed_files_are_rejected_with_line_and_reason(channels, tmp_path, c
 def test_the_command_reconciles_a_given_file_and_prints_a_summary(channels, tmp_path, capsys):
     path = tmp_path / "day.csv"
     path.write_text(
-        "channel_transaction_id,payment_id,type,amount,currency,status,settled_at,fee\n"
-        "t1,999,capture,1000,EUR,settled,2026-11-30T10:00:00+00:00,59\n"
+        SETTLEMENT_HEADER + "\nt1,999,capture,1000,EUR,settled,2026-11-30T10:00:00+00:00,59\n"
     )
     call_command("reconcile", "--date", "2026-11-30", "--channel", "alpha", "--file", str(path))
     out = capsys.readouterr().out
@@ -228,7 +228,7 @@ def test_each_discrepancy_gets_its_own_review_item_however_long_its_key(channels
     prefix = "bank-ref-" + "x" * 90
     path = tmp_path / "day.csv"
     path.write_text(
-        "channel_transaction_id,payment_id,type,amount,currency,status,settled_at,fee\n"
+        SETTLEMENT_HEADER + "\n"
         f"t1,{prefix}1,capture,1000,EUR,settled,2026-11-30T10:00:00+00:00,59\n"
         f"t2,{prefix}2,capture,2000,EUR,settled,2026-11-30T11:00:00+00:00,88\n"
     )

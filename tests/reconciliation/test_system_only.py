@@ -19,6 +19,7 @@ from apps.payments.services import payment_pay
 from apps.payments.services.ledger import card_capture_reversal
 from apps.reconciliation.models import Discrepancy
 from apps.reconciliation.services import reconcile_day
+from apps.reconciliation.services.files import SETTLEMENT_HEADER
 from shop.models import ManualReviewItem
 from tests.factories.catalog import product_with_skus
 from tests.orders.conftest import assert_invariants_hold
@@ -26,7 +27,7 @@ from tests.payments.acquirer_process import SandboxAcquirer
 
 pytestmark = [pytest.mark.needs_redis, pytest.mark.django_db(databases="__all__")]
 
-HEADER = "channel_transaction_id,payment_id,type,amount,currency,status,settled_at,fee\n"
+HEADER = SETTLEMENT_HEADER + "\n"
 
 
 def _today():

@@ -139,12 +139,6 @@ def test_bodies_the_throttle_cannot_read_share_one_bucket_and_never_raise():
     assert _throttle('{"username": "buyer", "password": "x"}', "192.0.2.9") is None
 
 
-@pytest.mark.xfail(
-    raises=RecursionError,
-    strict=True,
-    reason="DRF's JSONParser recurses into the body; the strict-parsing work bounds it. "
-    "The throttle in front of it no longer does (test above). Remove this mark with it.",
-)
 def test_json_nested_a_thousand_deep_on_the_token_endpoint_is_400_and_creates_nothing(client):
     UserFactory(username="buyer", password=PASSWORD)
     response = client.post("/api/v1/auth/token/", DEEP, content_type="application/json")

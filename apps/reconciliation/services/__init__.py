@@ -1,6 +1,10 @@
 """Reconciliation writes: settlement files, runs, discrepancy handling, the stuck janitor."""
 
-from apps.reconciliation.services.files import settlement_fetch, settlement_import
+from apps.reconciliation.services.files import (
+    settlement_fetch,
+    settlement_import,
+    settlement_lines,
+)
 from apps.reconciliation.services.janitor import payments_stuck_janitor
 from apps.reconciliation.services.runs import (
     business_day_bounds,
@@ -19,4 +23,5 @@ __all__ = [
     "reconcile_day",
     "settlement_fetch",
     "settlement_import",
+    "settlement_lines",
 ]

@@ -33,6 +33,7 @@ from apps.reconciliation.services.files import settlement_fetch
 from apps.reconciliation.services.matching import Finding, Ours, Tally, bank_groups, match
 from shop.alerts import alert_raise
 from shop.locks import OwnedLock
+from shop.parsing import ParseRefused, parse_id
 from shop.review import review_file
 from shop.sharding.ids import id_is_plausible
 
@@ -296,8 +297,14 @@ def _handle_system_only(discrepancy: Discrepancy, finding: Finding, channel: str
 def _handle_bank_only(discrepancy: Discrepancy, finding: Finding) -> None:
     """The bank settled a capture we do not have as settled."""
     raw = finding.payment_id
+    try:  # the bank's text: "²" passes str.isdigit() and fails int()
+        payment_id = parse_id(raw)
+    except ParseRefused:
+        payment_id = None
     payment = (
-        payment_get(payment_id=int(raw)) if raw.isdigit() and id_is_plausible(int(raw)) else None
+        payment_get(payment_id=payment_id)
+        if payment_id is not None and id_is_plausible(payment_id)
+        else None
     )
     if payment is None:
         _escalate(

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from apps.payments.selectors import card_channel_codes
 from apps.reconciliation.exceptions import SettlementFileInvalid, SettlementUnavailable
 from apps.reconciliation.models import SettlementFile
-from apps.reconciliation.services import reconcile_day, settlement_import
+from apps.reconciliation.services import reconcile_day, settlement_import, settlement_lines
 
 
 class Command(BaseCommand):
@@ -40,9 +40,9 @@ class Command(BaseCommand):
             if not path.is_file():
                 raise CommandError(f"--file {path} does not exist")
             try:
-                with path.open(encoding="utf-8", newline="") as lines:
+                with path.open("rb") as raw:
                     settlement = settlement_import(
-                        channel=channels[0], business_day=day, lines=lines,
+                        channel=channels[0], business_day=day, lines=settlement_lines(raw),
                         source=SettlementFile.Source.FILE, actor="reconcile --file",
                     )  # fmt: skip
             except SettlementFileInvalid as exc:
