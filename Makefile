@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash clean
+.PHONY: run test fuzz lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -31,6 +31,15 @@ run: seed
 ## The whole test suite, on whatever profile the environment selects.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Schema fuzzing alone (tests/security/test_schema_fuzz.py) with a larger budget, against the
+## local services (FUZZ_ENV, default .env.services). See docs/security-testing.md.
+FUZZ_ENV ?= ./.env.services
+fuzz: install
+	set -a && . $(FUZZ_ENV) && set +a && \
+	  SCHEMA_FUZZ_MAX_EXAMPLES=$${SCHEMA_FUZZ_MAX_EXAMPLES:-200} \
+	  SCHEMA_FUZZ_TIME_BUDGET=$${SCHEMA_FUZZ_TIME_BUDGET:-1800} \
+	  $(PY) -m pytest tests/security/test_schema_fuzz.py $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
