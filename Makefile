@@ -39,7 +39,7 @@ fuzz: install
 	set -a && . $(FUZZ_ENV) && set +a && \
 	  SCHEMA_FUZZ_MAX_EXAMPLES=$${SCHEMA_FUZZ_MAX_EXAMPLES:-200} \
 	  SCHEMA_FUZZ_TIME_BUDGET=$${SCHEMA_FUZZ_TIME_BUDGET:-1800} \
-	  $(PY) -m pytest tests/security/test_schema_fuzz.py $(PYTEST_ARGS)
+	  $(PY) -m pytest tests/security/test_schema_fuzz.py --timeout=3600 $(PYTEST_ARGS)
 
 # `check --deploy` runs under the production settings, which refuse to start without these:
 # throwaway values (a fresh random key, hosts and URLs nothing connects to), never secrets.

@@ -138,7 +138,7 @@ def _operator(username: str):
 
 
 @pytest.fixture
-def world(settings) -> Iterator[World]:
+def world() -> Iterator[World]:
     channels_ensure_sandbox()
     sku = stocked_sku(stock=100)
     users = {
@@ -227,8 +227,7 @@ class Row:
         return f"{self.method} /{self.route}" + (f" ({self.variant})" if self.variant else "")
 
 
-O = "api/v1/orders/{id}/"  # noqa: E741
-ORDER_ROUTE = "api/v1/orders/<int:order_id>/"
+ORDER = "api/v1/orders/{id}/"
 
 
 def at(route: str, pick: Callable[[World], Any]) -> Callable[[World], str]:
@@ -306,19 +305,19 @@ ROWS: list[Row] = [
     # --- API: a buyer's own things
     Row("GET", "api/v1/orders/", api_private(200)),
     Row("POST", "api/v1/orders/", api_private(201), body=_item, effect=orders_everywhere),
-    Row("GET", ORDER_ROUTE, api_own(200), path=at(O, pending)),
+    Row("GET", "api/v1/orders/<int:order_id>/", api_own(200), path=at(ORDER, pending)),
     Row(
         "POST",
         "api/v1/orders/<int:order_id>/cancel/",
         api_own(200),
-        path=at(O + "cancel/", cancel_me),
+        path=at(ORDER + "cancel/", cancel_me),
         effect=order(cancel_me),
     ),
     Row(
         "POST",
         "api/v1/orders/<int:order_id>/payments/",
         api_own(201),
-        path=at(O + "payments/", pay_me),
+        path=at(ORDER + "payments/", pay_me),
         body=lambda w, who: {"method": "wallet"},
         effect=order(pay_me),
     ),
@@ -328,7 +327,7 @@ ROWS: list[Row] = [
         "POST",
         "api/v1/orders/<int:order_id>/refunds/",
         cells(403, anonymous=401, operator=201),
-        path=at(O + "refunds/", paid),
+        path=at(ORDER + "refunds/", paid),
         body=lambda w, who: {"amount": 100, "reason": "authorization matrix"},
         effect=order(paid),
     ),
@@ -338,7 +337,7 @@ ROWS: list[Row] = [
         "POST",
         "api/v1/orders/<int:order_id>/refund-requests/",
         api_own(201),
-        path=at(O + "refund-requests/", processing),
+        path=at(ORDER + "refund-requests/", processing),
         body=lambda w, who: {"reason": "authorization matrix"},
         effect=order(processing),
     ),

@@ -377,8 +377,8 @@ def _signed_webhook(case: schemathesis.Case) -> dict[str, Any]:
 
 @pytest.mark.parametrize("principal_name", PRINCIPALS)
 @schema.parametrize()
-# The world (users, orders, the server) is built once per operation and principal, not per
-# example: that is the point (examples meet the state earlier ones left), so say so.
+# The world (users, orders, the server) is built once for the module, not per example: examples
+# meet the state earlier ones left (an order paid, cancelled, refunded), on purpose.
 @hypothesis.settings(
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture], deadline=None
 )
