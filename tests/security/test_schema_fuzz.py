@@ -275,7 +275,7 @@ schema = schemathesis.openapi.from_dict(
             "generation": {
                 "mode": "all",  # positive and negative data
                 "max-examples": MAX_EXAMPLES,
-                "database": "none",  # no .hypothesis/ directory in the worktree
+                "database": "none",  # no example database: every run starts from the seed
                 "dictionaries": {
                     "integer": {"dictionary": "hostile-integers", "probability": HOSTILE},
                     "string": {"dictionary": "hostile-strings", "probability": HOSTILE},
