@@ -228,8 +228,8 @@ def gunicorn(
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+            try:  # base is http://127.0.0.1:<port>, the server this benchmark just started
+                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:  # nosec B310
                     if response.status == 200:
                         break
             except OSError:
@@ -372,8 +372,8 @@ def _python_load(
             if request is None:  # a finite list of requests is used up
                 break
             started = time.perf_counter()
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
+            try:  # the scenario's requests go to the local server under test (http://127.0.0.1)
+                with urllib.request.urlopen(request, timeout=10) as response:  # nosec B310
                     answer = label(response.status, response.read(), response.headers)
                     ok = 200 <= response.status < 400
             except urllib.error.HTTPError as exc:

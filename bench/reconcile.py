@@ -74,6 +74,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -244,34 +245,37 @@ def clean_day(shop: Shop, day: Day) -> dict[str, int]:
         with psycopg.connect(shop.conninfo(alias)) as conn:
             for table in ("payments_payment", "orders_order"):  # payments reference orders
                 cursor = conn.execute(
-                    f"DELETE FROM {table} WHERE id >= %s AND id < %s"
-                    " AND user_id >= %s AND user_id < %s",
+                    sql.SQL(
+                        "DELETE FROM {} WHERE id >= %s AND id < %s"
+                        " AND user_id >= %s AND user_id < %s"
+                    ).format(sql.Identifier(table)),
                     [lo, hi, user_lo, user_hi],
                 )
                 deleted[f"{alias}.{table}"] = cursor.rowcount
     reference = f"{CHANNEL}:{day.day.isoformat()}:%"
-    this_day = "channel = %s AND business_day = %s"
-    files = f"SELECT id FROM reconciliation_settlementfile WHERE {this_day}"
+    this_day = sql.SQL("channel = %s AND business_day = %s")
+    files = sql.SQL("SELECT id FROM reconciliation_settlementfile WHERE {}").format(this_day)
     with psycopg.connect(shop.conninfo("default")) as conn:
-        for table, sql, params in [
+        for table, statement, params in [
             ("shop_manualreviewitem",
-             "DELETE FROM shop_manualreviewitem"
-             " WHERE kind = 'reconciliation' AND reference LIKE %s",
+             sql.SQL("DELETE FROM shop_manualreviewitem"
+                     " WHERE kind = 'reconciliation' AND reference LIKE %s"),
              [reference]),
             ("reconciliation_discrepancy",
-             f"DELETE FROM reconciliation_discrepancy WHERE {this_day}",
+             sql.SQL("DELETE FROM reconciliation_discrepancy WHERE {}").format(this_day),
              [CHANNEL, day.day]),
             ("reconciliation_reconciliationrun",
-             f"DELETE FROM reconciliation_reconciliationrun WHERE {this_day}",
+             sql.SQL("DELETE FROM reconciliation_reconciliationrun WHERE {}").format(this_day),
              [CHANNEL, day.day]),
             ("reconciliation_settlementrow",
-             f"DELETE FROM reconciliation_settlementrow WHERE file_id IN ({files})",
+             sql.SQL("DELETE FROM reconciliation_settlementrow WHERE file_id IN ({})")
+             .format(files),
              [CHANNEL, day.day]),
             ("reconciliation_settlementfile",
-             f"DELETE FROM reconciliation_settlementfile WHERE {this_day}",
+             sql.SQL("DELETE FROM reconciliation_settlementfile WHERE {}").format(this_day),
              [CHANNEL, day.day]),
         ]:  # fmt: skip
-            deleted[f"default.{table}"] = conn.execute(sql, params).rowcount
+            deleted[f"default.{table}"] = conn.execute(statement, params).rowcount
     return deleted
 
 

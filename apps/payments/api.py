@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -236,7 +237,24 @@ class WebhookReceiveApi(APIView):
     # the system and endpoint layers, not as one client's writes (shop.throttle).
     client_write_limit = False
 
-    @extend_schema(request=None, responses={200: None})
+    class OutputSerializer(serializers.Serializer):
+        received = serializers.BooleanField()
+        outcome = serializers.CharField(help_text="duplicate, ignored or the payment's status")
+
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT},
+        parameters=[
+            OpenApiParameter(
+                "X-Acquirer-Timestamp", str, OpenApiParameter.HEADER, required=True,
+                description="Unix time in seconds; stale ones are refused",
+            ),
+            OpenApiParameter(
+                "X-Acquirer-Signature", str, OpenApiParameter.HEADER, required=True,
+                description='"sha256=" + hex HMAC-SHA256 of "<timestamp>." + body',
+            ),
+        ],
+        responses={200: OutputSerializer},
+    )  # fmt: skip
     def post(self, request: Request, channel: str) -> Response:
         body = body_bounded(request)  # 413 past API_MAX_JSON_BYTES
         try:

@@ -25,7 +25,7 @@ SEQUENCE_NAME = "shop_id_seq"
 
 # Only constants are interpolated; the logical shard is a bound parameter.
 _POSTGRES_NEXT_ID = (
-    "SELECT ((FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint"  # noqa: S608
+    "SELECT ((FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint"  # noqa: S608  # nosec B608
     f" - {ID_EPOCH_MS}) << {SHARD_BITS + SEQUENCE_BITS})"
     f" | (%s::bigint << {SEQUENCE_BITS})"
     f" | (nextval('{SEQUENCE_NAME}') %% {1 << SEQUENCE_BITS})"
