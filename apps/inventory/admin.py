@@ -8,6 +8,7 @@ from django.http import HttpRequest
 
 from apps.inventory.models import FlashSale, Stock
 from apps.inventory.services import stock_receive
+from shop.adminkit import admin_view_requiring
 
 # The most units one operator entry may add (a delivery, a sale's stock): far beyond any real
 # one, so a typo is refused, and FlashSale.units (a 32-bit column) and the bigint counters stay
@@ -87,7 +88,9 @@ class FlashSaleAdmin(admin.ModelAdmin):
 
         return [
             path(
-                "start/", self.admin_site.admin_view(self.start), name="inventory_flashsale_start"
+                "start/",
+                admin_view_requiring(self.admin_site, self.start, "inventory.add_flashsale"),
+                name="inventory_flashsale_start",
             ),
             *super().get_urls(),
         ]

@@ -48,7 +48,7 @@ from apps.payments.services.refunds import (
     operator_actor,
     refundable_amount,
 )
-from shop.adminkit import ReadOnlyAdmin
+from shop.adminkit import ReadOnlyAdmin, admin_view_requiring
 from shop.cache import cache_available
 from shop.errors import ShopError
 from shop.locks import cache_is_redis
@@ -453,13 +453,16 @@ class AccountAdmin(ReadOnlyAdmin):
 
     def get_urls(self) -> list:
         return [
-            path("top-up/", self.admin_site.admin_view(self.top_up), name="payments_account_topup"),
+            path(
+                "top-up/",
+                # It moves money: a permission of its own, not the right to read accounts.
+                admin_view_requiring(self.admin_site, self.top_up, "payments.topup_account"),
+                name="payments_account_topup",
+            ),
             *super().get_urls(),
         ]
 
     def top_up(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm("payments.view_account"):
-            return HttpResponse(status=403)
         form = TopUpForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data

@@ -36,6 +36,8 @@ class Account(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # Topping up a wallet moves money (from the funding account): its own permission.
+        permissions = [("topup_account", "Can top up wallets")]
         constraints = [
             models.CheckConstraint(
                 condition=Q(available__gte=0) | Q(allow_negative=True),

@@ -26,7 +26,7 @@ from apps.reconciliation.services import (
     settlement_import,
     settlement_lines,
 )
-from shop.adminkit import ReadOnlyAdmin
+from shop.adminkit import ReadOnlyAdmin, admin_view_requiring
 from shop.errors import ShopError
 
 CHART_DAYS = 30
@@ -57,7 +57,13 @@ class ReconciliationRunAdmin(ReadOnlyAdmin):
 
     def get_urls(self) -> list:
         return [
-            path("chart/", self.admin_site.admin_view(self.chart), name="reconciliation_chart"),
+            path(
+                "chart/",
+                admin_view_requiring(
+                    self.admin_site, self.chart, "reconciliation.view_reconciliationrun"
+                ),
+                name="reconciliation_chart",
+            ),
             *super().get_urls(),
         ]
 
@@ -203,7 +209,14 @@ class SettlementFileAdmin(ReadOnlyAdmin):
 
     def get_urls(self) -> list:
         return [
-            path("upload/", self.admin_site.admin_view(self.upload), name="reconciliation_upload"),
+            path(
+                "upload/",
+                # Importing a file reconciles its day: that is adding settlement files.
+                admin_view_requiring(
+                    self.admin_site, self.upload, "reconciliation.add_settlementfile"
+                ),
+                name="reconciliation_upload",
+            ),
             *super().get_urls(),
         ]
 

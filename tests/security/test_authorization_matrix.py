@@ -211,7 +211,7 @@ def order(pick: Callable[[World], Any]) -> Callable[[World], tuple]:
 @dataclass(frozen=True)
 class Row:
     method: str
-    route: str  # the resolver's pattern, e.g. "api/v1/orders/<int:order_id>/"
+    route: str  # the resolver's pattern, e.g. "api/v1/orders/<id64:order_id>/"
     expect: dict[str, Expect]
     path: Callable[[World], str] | None = None  # default: the route itself
     body: Callable[[World, str], Any] | None = None
@@ -291,7 +291,7 @@ ROWS: list[Row] = [
     Row("GET", "api/v1/products/", everyone(200)),
     Row(
         "GET",
-        "api/v1/products/<int:product_id>/",
+        "api/v1/products/<id64:product_id>/",
         everyone(200),
         path=lambda w: f"/api/v1/products/{w.product.id}/",
     ),
@@ -305,17 +305,17 @@ ROWS: list[Row] = [
     # --- API: a buyer's own things
     Row("GET", "api/v1/orders/", api_private(200)),
     Row("POST", "api/v1/orders/", api_private(201), body=_item, effect=orders_everywhere),
-    Row("GET", "api/v1/orders/<int:order_id>/", api_own(200), path=at(ORDER, pending)),
+    Row("GET", "api/v1/orders/<id64:order_id>/", api_own(200), path=at(ORDER, pending)),
     Row(
         "POST",
-        "api/v1/orders/<int:order_id>/cancel/",
+        "api/v1/orders/<id64:order_id>/cancel/",
         api_own(200),
         path=at(ORDER + "cancel/", cancel_me),
         effect=order(cancel_me),
     ),
     Row(
         "POST",
-        "api/v1/orders/<int:order_id>/payments/",
+        "api/v1/orders/<id64:order_id>/payments/",
         api_own(201),
         path=at(ORDER + "payments/", pay_me),
         body=lambda w, who: {"method": "wallet"},
@@ -325,17 +325,17 @@ ROWS: list[Row] = [
     # asks through refund-requests. Buyers are refused before their order is looked up: 403.
     Row(
         "POST",
-        "api/v1/orders/<int:order_id>/refunds/",
+        "api/v1/orders/<id64:order_id>/refunds/",
         cells(403, anonymous=401, operator=201),
         path=at(ORDER + "refunds/", paid),
         body=lambda w, who: {"amount": 100, "reason": "authorization matrix"},
         effect=order(paid),
     ),
-    # Issue 11 (the refunds work, not merged here yet): a buyer asks for a refund of a
-    # processing or fulfilled order; it is a review item for operators.
+    # A buyer asks for a refund of a processing or fulfilled order; it is a review item for
+    # operators.
     Row(
         "POST",
-        "api/v1/orders/<int:order_id>/refund-requests/",
+        "api/v1/orders/<id64:order_id>/refund-requests/",
         api_own(201),
         path=at(ORDER + "refund-requests/", processing),
         body=lambda w, who: {"reason": "authorization matrix"},
@@ -344,7 +344,7 @@ ROWS: list[Row] = [
     Row("GET", "api/v1/wallet/", api_private(200)),
     Row(
         "GET",
-        "api/v1/checkout-tickets/<int:ticket_id>/",
+        "api/v1/checkout-tickets/<id64:ticket_id>/",
         api_own(200),
         path=at("api/v1/checkout-tickets/{id}/", ticket),
     ),
@@ -363,13 +363,13 @@ ROWS: list[Row] = [
     Row("GET", "products/", everyone(200)),
     Row(
         "GET",
-        "products/<int:product_id>/",
+        "products/<id64:product_id>/",
         everyone(Redirect("/products/", 301)),
         path=lambda w: f"/products/{w.product.id}/",
     ),
     Row(
         "GET",
-        "products/<int:product_id>/<slug:slug>/",
+        "products/<id64:product_id>/<slug:slug>/",
         everyone(200),
         path=lambda w: f"/products/{w.product.id}/{w.product.slug}/",
     ),
@@ -401,24 +401,34 @@ ROWS: list[Row] = [
     ),
     Row(
         "GET",
-        "checkout/tickets/<int:ticket_id>/",
+        "checkout/tickets/<id64:ticket_id>/",
         page_own(200),
         path=at("checkout/tickets/{id}/", ticket),
     ),
     Row("GET", "orders/", page_private(200)),
-    Row("GET", "orders/<int:order_id>/", page_own(200), path=at("orders/{id}/", pending)),
+    Row("GET", "orders/<id64:order_id>/", page_own(200), path=at("orders/{id}/", pending)),
     Row(
         "POST",
-        "orders/<int:order_id>/cancel/",
+        "orders/<id64:order_id>/cancel/",
         page_own(Redirect("/orders/")),
         form=True,
         path=at("orders/{id}/cancel/", cancel_in_store),
         effect=order(cancel_in_store),
     ),
-    Row("GET", "orders/<int:order_id>/pay/", page_own(200), path=at("orders/{id}/pay/", pay_me)),
+    # The storefront's refund request (the same rule as the API's): the buyer's own order only.
     Row(
         "POST",
-        "orders/<int:order_id>/pay/",
+        "orders/<id64:order_id>/refund-requests/",
+        page_own(Redirect("/orders/")),
+        form=True,
+        body=lambda w, who: {"reason": "authorization matrix", "refund_key": f"m-{who}"},
+        path=at("orders/{id}/refund-requests/", processing),
+        effect=order(processing),
+    ),
+    Row("GET", "orders/<id64:order_id>/pay/", page_own(200), path=at("orders/{id}/pay/", pay_me)),
+    Row(
+        "POST",
+        "orders/<id64:order_id>/pay/",
         page_own(Redirect("/orders/")),
         form=True,
         variant="pay with the wallet",
