@@ -30,7 +30,7 @@ from kombu.exceptions import KombuError
 
 from shop.logs import CELERY_HEADER, log_context_carry
 from shop.models import OutboxMessage, ProcessedMessage
-from shop.sharding import order_shard_aliases
+from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +141,13 @@ def outbox_publish(*, using: str, message: OutboxMessage) -> bool:
 
 
 def outbox_relay(*, batch_size: int | None = None) -> int:
-    """Publish every due, unpublished message on every shard. Returns how many went out."""
+    """Publish every due, unpublished message on every shard. Returns how many went out. A
+    shard whose database fails is skipped and reported (:func:`shards_each`); the others'
+    messages still go out."""
     batch_size = batch_size or settings.OUTBOX_RELAY_BATCH
-    published = 0
-    for alias in order_shard_aliases():
+
+    def relay_shard(alias: str) -> int:
+        published = 0
         while True:
             with transaction.atomic(using=alias):
                 cutoff = timezone.now() - timedelta(seconds=settings.OUTBOX_RELAY_GRACE)
@@ -158,28 +161,34 @@ def outbox_relay(*, batch_size: int | None = None) -> int:
                     sent += 1
             published += sent
             if sent < batch_size:
-                break
+                return published
+
+    published = sum(shards_each("outbox_relay", relay_shard).values())
     if published:
         broker_health.reset()
     return published
 
 
 def outbox_backlog() -> dict[str, int]:
-    """Unpublished messages per shard (for operators and tests)."""
-    return {
-        alias: OutboxMessage.objects.using(alias).filter(published_at__isnull=True).count()
-        for alias in order_shard_aliases()
-    }
+    """Unpublished messages per shard that answered (for operators and tests)."""
+    return shards_each(
+        "outbox_backlog",
+        lambda alias: OutboxMessage.objects.using(alias).filter(published_at__isnull=True).count(),
+    )
 
 
 def outbox_purge_published(*, older_than: timedelta) -> int:
-    """Delete published messages older than ``older_than`` on every shard."""
+    """Delete published messages older than ``older_than`` on every shard that answers."""
     cutoff = timezone.now() - older_than
     return sum(
-        OutboxMessage.objects.using(alias)
-        .filter(published_at__isnull=False, published_at__lt=cutoff)
-        .delete()[0]
-        for alias in order_shard_aliases()
+        shards_each(
+            "outbox_purge_published",
+            lambda alias: (
+                OutboxMessage.objects.using(alias)
+                .filter(published_at__isnull=False, published_at__lt=cutoff)
+                .delete()[0]
+            ),
+        ).values()
     )
 
 

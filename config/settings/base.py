@@ -281,8 +281,9 @@ ORDER_RESERVATION_TTL = env.int("ORDER_RESERVATION_TTL", default=15 * 60)
 ORDER_LINE_MAX_QUANTITY = env.int("ORDER_LINE_MAX_QUANTITY", default=10)
 ORDER_MAX_LINES = env.int("ORDER_MAX_LINES", default=20)
 ORDER_EXPIRY_SWEEP_SECONDS = env.int("ORDER_EXPIRY_SWEEP_SECONDS", default=60)
-# A reservation whose order was never written (a crash mid-checkout) is released this long
-# after its expiry by the sweep.
+# A reservation whose order was never written (a crash mid-checkout) is released by the sweep
+# this long after the hold: far longer than a live checkout takes from reserving to writing
+# its order (milliseconds), short enough that a crash does not keep stock off sale for long.
 ORPHAN_RESERVATION_GRACE = env.int("ORPHAN_RESERVATION_GRACE", default=60)
 # Processing: 1 attempt + this many re-queues from the dead-letter queue, then manual review.
 ORDER_PROCESSING_MAX_RETRIES = env.int("ORDER_PROCESSING_MAX_RETRIES", default=3)
