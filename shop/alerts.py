@@ -44,7 +44,7 @@ from django.utils.module_loading import import_string
 from shop.http import HttpError, http_json
 from shop.metrics import ALERT_DELIVERIES, ALERTS
 from shop.models import Alert
-from shop.outbox import BROKER_ERRORS, broker_health
+from shop.outbox import BROKER_ERRORS, broker_health, publisher
 from shop.sharding.loops import shard_loop_failed
 
 logger = logging.getLogger(__name__)
@@ -292,8 +292,8 @@ def _dispatch(alert_id: int) -> None:
 
     if broker_health.available():
         try:
-            deliver_task.apply_async(
-                kwargs={"alert_id": alert_id}, queue=settings.NOTIFICATIONS_QUEUE, retry=False
+            publisher.publish(
+                deliver_task, kwargs={"alert_id": alert_id}, queue=settings.NOTIFICATIONS_QUEUE
             )
             return
         except BROKER_ERRORS as exc:

@@ -15,6 +15,7 @@ published with it, so the task logs with the original request id whoever publish
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -38,8 +39,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, OSError)
 
 
 class _BrokerHealth:
-    """This process's view of the broker: after a failed publish the fast path is skipped for
-    OUTBOX_BROKER_BACKOFF seconds so checkouts do not wait on a dead broker (the relay retries)."""
+    """This process's circuit around the broker: after a failed publish the fast path (and an
+    alert's queued delivery) is skipped for OUTBOX_BROKER_BACKOFF seconds, so requests do not
+    wait on a dead broker again and again (the relay publishes what waits)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -58,6 +60,80 @@ class _BrokerHealth:
 
 
 broker_health = _BrokerHealth()
+
+
+class _Publisher:
+    """This process's way to the broker for the outbox and alert deliveries (one connection a
+    thread, kept between publishes): no request waits on a dead broker.
+
+    * the connection is made with a connect timeout of OUTBOX_PUBLISH_CONNECT_TIMEOUT (a few
+      hundred ms; the TCP connect and the AMQP handshake) and no connection retries;
+    * publisher confirms: a publish returns once the broker has taken the message, within
+      OUTBOX_PUBLISH_TIMEOUT — a message written into a dead socket is an error, not a loss;
+    * after a connection error the connection is dropped; if it was one kept from before (the
+      broker restarted, a firewall cut it) the publish is tried once more on a fresh one, so
+      the first publish after the broker returns goes out.
+
+    The circuit around it is :data:`broker_health` (callers skip publishing while it is open).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @staticmethod
+    def _url() -> str:
+        return current_app.conf.broker_write_url or current_app.conf.broker_url
+
+    def _connection(self) -> tuple[Any, bool]:
+        """(this thread's connection, whether it was kept from an earlier publish)."""
+        connection = getattr(self._local, "connection", None)
+        # Not one inherited through a fork (a prefork worker's child): its socket is shared.
+        if connection is not None and self._local.key == (os.getpid(), self._url()):
+            return connection, True
+        self.reset()
+        connection = current_app.connection_for_write(
+            connect_timeout=settings.OUTBOX_PUBLISH_CONNECT_TIMEOUT,
+            transport_options={"confirm_publish": True, "max_retries": 0},
+        )
+        self._local.connection, self._local.key = connection, (os.getpid(), self._url())
+        return connection, False
+
+    def reset(self) -> None:
+        """Drop this thread's connection (the next publish opens a fresh one)."""
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            try:
+                connection.release()
+            except BROKER_ERRORS as exc:
+                logger.debug("publisher: closing a broken connection: %s", exc)
+
+    def publish(self, task: Any, **options: Any) -> None:
+        """``task.apply_async(**options)`` on this process's connection; raises a broker
+        error (after at most one fresh retry, see the class) if the broker did not take it."""
+        if current_app.conf.task_always_eager:  # embedded profile: runs here, no broker
+            task.apply_async(**options)
+            return
+        timeout = settings.OUTBOX_PUBLISH_TIMEOUT
+        while True:
+            connection, kept = self._connection()
+            try:
+                task.apply_async(
+                    producer=current_app.amqp.Producer(connection),
+                    retry=False,
+                    timeout=timeout,
+                    confirm_timeout=timeout,
+                    **options,
+                )
+                return
+            except BROKER_ERRORS:
+                self.reset()
+                if not kept:
+                    raise
+                logger.info("publisher: a kept broker connection failed; trying a fresh one")
+
+
+publisher = _Publisher()
 
 
 def outbox_enqueue(
@@ -105,11 +181,11 @@ def _publish(using: str, message: OutboxMessage) -> bool:
     task = import_string(message.task)  # task names are their dotted paths
     kwargs = {**message.kwargs, "message_id": f"{using}:{message.id}"}
     try:
-        task.apply_async(
+        publisher.publish(
+            task,
             kwargs=kwargs,
             queue=message.queue,
             countdown=message.countdown or None,
-            retry=False,
             # The writer's context, not the publisher's (the relay may run anywhere, later).
             headers={CELERY_HEADER: message.context or {}},
         )

@@ -433,6 +433,13 @@ OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=200)
 OUTBOX_RELAY_GRACE = env.float("OUTBOX_RELAY_GRACE", default=2.0)
 # After a failed publish a process skips the fast path this long (the relay retries).
 OUTBOX_BROKER_BACKOFF = env.float("OUTBOX_BROKER_BACKOFF", default=5.0)
+# The outbox's (and alerts') publisher connects within this many seconds or gives up (the
+# relay publishes later): a broker on the same network answers a TCP connect and the AMQP
+# handshake in a few ms, and a request must never wait seconds on a dead or partitioned one.
+OUTBOX_PUBLISH_CONNECT_TIMEOUT = env.float("OUTBOX_PUBLISH_CONNECT_TIMEOUT", default=0.2)
+# ... and the broker confirms a published message within this many seconds, else the publish
+# failed (a message written into a connection the broker has dropped is never lost silently).
+OUTBOX_PUBLISH_TIMEOUT = env.float("OUTBOX_PUBLISH_TIMEOUT", default=1.0)
 OUTBOX_KEEP_PUBLISHED_DAYS = env.int("OUTBOX_KEEP_PUBLISHED_DAYS", default=7)
 
 CELERY_BEAT_SCHEDULE = {
