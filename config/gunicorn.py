@@ -17,6 +17,12 @@ access_log_format = (
 # A request slower than this is a bug or a stuck dependency; every outbound call has its own,
 # shorter timeout.
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
+# gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), so a
+# second instance on the host collides with the first. Off unless this instance names its own.
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+control_socket_disable = not _control_socket
+if _control_socket:
+    control_socket = _control_socket
 
 
 def child_exit(server, worker):  # gunicorn hook signature

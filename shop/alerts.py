@@ -37,13 +37,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
 from django.db import connections, transaction
+from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from shop.http import HttpError, http_json
 from shop.metrics import ALERT_DELIVERIES, ALERTS
 from shop.models import Alert
-from shop.outbox import BROKER_ERRORS, broker_health
+from shop.outbox import BROKER_ERRORS, broker_health, publisher
+from shop.sharding.loops import shard_loop_failed
 
 logger = logging.getLogger(__name__)
 
@@ -290,11 +292,26 @@ def _dispatch(alert_id: int) -> None:
 
     if broker_health.available():
         try:
-            deliver_task.apply_async(
-                kwargs={"alert_id": alert_id}, queue=settings.NOTIFICATIONS_QUEUE, retry=False
+            publisher.publish(
+                deliver_task, kwargs={"alert_id": alert_id}, queue=settings.NOTIFICATIONS_QUEUE
             )
             return
         except BROKER_ERRORS as exc:
             broker_health.mark_down()
             logger.warning("alert %s: broker unavailable (%s); delivering inline", alert_id, exc)
     alert_deliver(alert_id=alert_id)
+
+
+@receiver(shard_loop_failed, dispatch_uid="shop-alerts-shard-loop")
+def _shard_loop_alert(
+    sender: str, *, loop: str, alias: str, error: BaseException, **_: Any
+) -> None:
+    """A background loop skipped a dead shard: one alert per (loop, shard), de-duplicated."""
+    alert_raise(
+        kind="shard_loop",
+        key=f"{loop}:{alias}",
+        severity="critical",
+        subject=f"{loop} skipped shard {alias}: its database failed",
+        body=f"{type(error).__name__}: {error}\n\nThe other shards were done; {alias} waits "
+        "for the next run.",
+    )

@@ -10,7 +10,7 @@ class ShopConfig(AppConfig):
     def ready(self) -> None:
         from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
-        from shop import metrics
+        from shop import alerts, metrics  # noqa: F401 - alerts connects its receivers on import
 
         # Task metrics in whichever process runs the task (a Celery worker, or the web process
         # in the eager embedded profile).

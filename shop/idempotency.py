@@ -37,7 +37,7 @@ from rest_framework.response import Response
 
 from shop.errors import ShopError, ValidationFailed
 from shop.models import IdempotencyRecord
-from shop.sharding import order_shard_aliases
+from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +269,10 @@ def idempotency_cleanup() -> int:
     """Delete records older than IDEMPOTENCY_RECORD_TTL on every shard."""
     cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_RECORD_TTL)
     return sum(
-        IdempotencyRecord.objects.using(alias).filter(created_at__lt=cutoff).delete()[0]
-        for alias in order_shard_aliases()
+        shards_each(
+            "idempotency_cleanup",
+            lambda alias: (
+                IdempotencyRecord.objects.using(alias).filter(created_at__lt=cutoff).delete()[0]
+            ),
+        ).values()
     )

@@ -83,6 +83,11 @@ REVIEW_ITEMS_FILED = Counter(
 DEAD_LETTERS = Counter(
     "shop_dead_letters_total", "Tasks that failed and went to a dead-letter queue", ["queue"]
 )
+SHARD_LOOP_ERRORS = Counter(
+    "shop_shard_loop_errors_total",
+    "Shards a background loop skipped because their database failed (the others were done)",
+    ["loop", "shard"],
+)
 LIVE_COLLECTOR_ERRORS = Counter(
     "shop_live_collector_errors_total",
     "Live collectors that failed during a scrape (their metrics are missing from it)",

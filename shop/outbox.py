@@ -15,6 +15,7 @@ published with it, so the task logs with the original request id whoever publish
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -30,7 +31,7 @@ from kombu.exceptions import KombuError
 
 from shop.logs import CELERY_HEADER, log_context_carry
 from shop.models import OutboxMessage, ProcessedMessage
-from shop.sharding import order_shard_aliases
+from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, OSError)
 
 
 class _BrokerHealth:
-    """This process's view of the broker: after a failed publish the fast path is skipped for
-    OUTBOX_BROKER_BACKOFF seconds so checkouts do not wait on a dead broker (the relay retries)."""
+    """This process's circuit around the broker: after a failed publish the fast path (and an
+    alert's queued delivery) is skipped for OUTBOX_BROKER_BACKOFF seconds, so requests do not
+    wait on a dead broker again and again (the relay publishes what waits)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -58,6 +60,80 @@ class _BrokerHealth:
 
 
 broker_health = _BrokerHealth()
+
+
+class _Publisher:
+    """This process's way to the broker for the outbox and alert deliveries (one connection a
+    thread, kept between publishes): no request waits on a dead broker.
+
+    * the connection is made with a connect timeout of OUTBOX_PUBLISH_CONNECT_TIMEOUT (a few
+      hundred ms; the TCP connect and the AMQP handshake) and no connection retries;
+    * publisher confirms: a publish returns once the broker has taken the message, within
+      OUTBOX_PUBLISH_TIMEOUT — a message written into a dead socket is an error, not a loss;
+    * after a connection error the connection is dropped; if it was one kept from before (the
+      broker restarted, a firewall cut it) the publish is tried once more on a fresh one, so
+      the first publish after the broker returns goes out.
+
+    The circuit around it is :data:`broker_health` (callers skip publishing while it is open).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @staticmethod
+    def _url() -> str:
+        return current_app.conf.broker_write_url or current_app.conf.broker_url
+
+    def _connection(self) -> tuple[Any, bool]:
+        """(this thread's connection, whether it was kept from an earlier publish)."""
+        connection = getattr(self._local, "connection", None)
+        # Not one inherited through a fork (a prefork worker's child): its socket is shared.
+        if connection is not None and self._local.key == (os.getpid(), self._url()):
+            return connection, True
+        self.reset()
+        connection = current_app.connection_for_write(
+            connect_timeout=settings.OUTBOX_PUBLISH_CONNECT_TIMEOUT,
+            transport_options={"confirm_publish": True, "max_retries": 0},
+        )
+        self._local.connection, self._local.key = connection, (os.getpid(), self._url())
+        return connection, False
+
+    def reset(self) -> None:
+        """Drop this thread's connection (the next publish opens a fresh one)."""
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            try:
+                connection.release()
+            except BROKER_ERRORS as exc:
+                logger.debug("publisher: closing a broken connection: %s", exc)
+
+    def publish(self, task: Any, **options: Any) -> None:
+        """``task.apply_async(**options)`` on this process's connection; raises a broker
+        error (after at most one fresh retry, see the class) if the broker did not take it."""
+        if current_app.conf.task_always_eager:  # embedded profile: runs here, no broker
+            task.apply_async(**options)
+            return
+        timeout = settings.OUTBOX_PUBLISH_TIMEOUT
+        while True:
+            connection, kept = self._connection()
+            try:
+                task.apply_async(
+                    producer=current_app.amqp.Producer(connection),
+                    retry=False,
+                    timeout=timeout,
+                    confirm_timeout=timeout,
+                    **options,
+                )
+                return
+            except BROKER_ERRORS:
+                self.reset()
+                if not kept:
+                    raise
+                logger.info("publisher: a kept broker connection failed; trying a fresh one")
+
+
+publisher = _Publisher()
 
 
 def outbox_enqueue(
@@ -105,11 +181,11 @@ def _publish(using: str, message: OutboxMessage) -> bool:
     task = import_string(message.task)  # task names are their dotted paths
     kwargs = {**message.kwargs, "message_id": f"{using}:{message.id}"}
     try:
-        task.apply_async(
+        publisher.publish(
+            task,
             kwargs=kwargs,
             queue=message.queue,
             countdown=message.countdown or None,
-            retry=False,
             # The writer's context, not the publisher's (the relay may run anywhere, later).
             headers={CELERY_HEADER: message.context or {}},
         )
@@ -141,10 +217,13 @@ def outbox_publish(*, using: str, message: OutboxMessage) -> bool:
 
 
 def outbox_relay(*, batch_size: int | None = None) -> int:
-    """Publish every due, unpublished message on every shard. Returns how many went out."""
+    """Publish every due, unpublished message on every shard. Returns how many went out. A
+    shard whose database fails is skipped and reported (:func:`shards_each`); the others'
+    messages still go out."""
     batch_size = batch_size or settings.OUTBOX_RELAY_BATCH
-    published = 0
-    for alias in order_shard_aliases():
+
+    def relay_shard(alias: str) -> int:
+        published = 0
         while True:
             with transaction.atomic(using=alias):
                 cutoff = timezone.now() - timedelta(seconds=settings.OUTBOX_RELAY_GRACE)
@@ -158,28 +237,34 @@ def outbox_relay(*, batch_size: int | None = None) -> int:
                     sent += 1
             published += sent
             if sent < batch_size:
-                break
+                return published
+
+    published = sum(shards_each("outbox_relay", relay_shard).values())
     if published:
         broker_health.reset()
     return published
 
 
 def outbox_backlog() -> dict[str, int]:
-    """Unpublished messages per shard (for operators and tests)."""
-    return {
-        alias: OutboxMessage.objects.using(alias).filter(published_at__isnull=True).count()
-        for alias in order_shard_aliases()
-    }
+    """Unpublished messages per shard that answered (for operators and tests)."""
+    return shards_each(
+        "outbox_backlog",
+        lambda alias: OutboxMessage.objects.using(alias).filter(published_at__isnull=True).count(),
+    )
 
 
 def outbox_purge_published(*, older_than: timedelta) -> int:
-    """Delete published messages older than ``older_than`` on every shard."""
+    """Delete published messages older than ``older_than`` on every shard that answers."""
     cutoff = timezone.now() - older_than
     return sum(
-        OutboxMessage.objects.using(alias)
-        .filter(published_at__isnull=False, published_at__lt=cutoff)
-        .delete()[0]
-        for alias in order_shard_aliases()
+        shards_each(
+            "outbox_purge_published",
+            lambda alias: (
+                OutboxMessage.objects.using(alias)
+                .filter(published_at__isnull=False, published_at__lt=cutoff)
+                .delete()[0]
+            ),
+        ).values()
     )
 
 

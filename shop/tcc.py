@@ -29,7 +29,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from shop.models import FenceStatus, TccFence, TccShardFence
-from shop.sharding import order_shard_aliases
+from shop.sharding.loops import shards_each
 
 T = TypeVar("T")
 
@@ -131,11 +131,15 @@ def fences_cleanup() -> int:
         .exclude(status=FenceStatus.TRIED)
         .delete()[0]
     )
-    for alias in order_shard_aliases():
-        deleted += (
-            TccShardFence.objects.using(alias)
-            .filter(created_at__lt=cutoff, updated_at__lt=cutoff)
-            .exclude(status=FenceStatus.TRIED)
-            .delete()[0]
-        )
+    deleted += sum(
+        shards_each(
+            "fences_cleanup",
+            lambda alias: (
+                TccShardFence.objects.using(alias)
+                .filter(created_at__lt=cutoff, updated_at__lt=cutoff)
+                .exclude(status=FenceStatus.TRIED)
+                .delete()[0]
+            ),
+        ).values()
+    )
     return deleted

@@ -9,9 +9,10 @@
                     username in its canonical form (``shop.authentication.username_canonical``).
 
 A refusal is 429 ``rate_limited`` with ``Retry-After`` (a friendly page on the storefront). If
-Redis is unreachable, catalog and other routes fail open to a per-process limit, while payment
-routes fail closed with 503 (``FAIL_CLOSED_ROUTES``). The ``read_only`` switch refuses every
-write with 503 here too.
+Redis is unreachable, every route fails open to a per-process limit (DESIGN §6: payments keep
+working through a Redis outage). A view that must rather refuse declares it itself
+(``throttle_fail = "closed"``, see :func:`_view_option`): it then answers 503 while the shared
+limiter is unreachable. The ``read_only`` switch refuses every write with 503 here too.
 """
 
 from __future__ import annotations
@@ -35,14 +36,6 @@ from shop.runtime import limit_rule, switch_on
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static/")
-# Routes that move money: with Redis unreachable they refuse (503) rather than run unlimited.
-FAIL_CLOSED_ROUTES = {
-    "api-payment-create",
-    "api-refund-create",
-    "order-pay",
-    "api-order-cancel",
-    "order-cancel",
-}
 LOGIN_ROUTES = {"storefront-login", "api-token", "admin:login"}
 # Writes that stay open in read-only mode: logging in and out, and the operators' admin.
 READ_ONLY_EXEMPT_ROUTES = LOGIN_ROUTES | {"storefront-logout"}
@@ -74,7 +67,7 @@ def limits_check(layers: list[tuple[str, str]], *, fail: str = "open") -> None:
     if decision.allowed:
         return
     if decision.degraded and fail == "closed":
-        raise ServiceUnavailable("Payments are paused for a moment; please try again shortly.")
+        raise ServiceUnavailable("This is paused for a moment; please try again shortly.")
     _refuse(decision.retry_after, layer=layer)
 
 
@@ -202,7 +195,7 @@ class ThrottleMiddleware:
         if request.path_info.startswith(EXEMPT_PREFIXES):
             return None
         match = request.resolver_match
-        fail = "closed" if (match and match.url_name in FAIL_CLOSED_ROUTES) else "open"
+        fail = "closed" if _view_option(view, "throttle_fail", "open") == "closed" else "open"
         write = request.method not in SAFE_METHODS
         try:
             if write and switch_on("read_only") and not _read_only_exempt(request, match):
@@ -227,7 +220,8 @@ def _view_option(view: Any, name: str, default: Any) -> Any:
     """A view's own throttling policy, set as an attribute of the view function or of its
     class (DRF's ``as_view()`` keeps the class as ``view.cls``): the app decides, not this
     module. ``client_write_limit = False``: not counted under ``user_writes`` (e.g. a bank's
-    signed webhooks, which all come from the bank's few addresses)."""
+    signed webhooks, which all come from the bank's few addresses). ``throttle_fail =
+    "closed"``: refused (503) rather than limited per process while Redis is unreachable."""
     return getattr(view, name, getattr(getattr(view, "cls", None), name, default))
 
 

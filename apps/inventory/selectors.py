@@ -47,6 +47,23 @@ def reservations_held_expired(*, before: datetime, limit: int = 500) -> list[int
     )
 
 
+def reservations_held_since_before(
+    *, created_before: datetime, after_order_id: int = 0, limit: int = 2000
+) -> list[int]:
+    """Ids of orders (ascending, above ``after_order_id``, at most ``limit``) holding stock
+    through a reservation made before ``created_before`` — however far off its expiry."""
+    return list(
+        Reservation.objects.filter(
+            status=Reservation.Status.HELD,
+            created_at__lt=created_before,
+            order_id__gt=after_order_id,
+        )
+        .order_by("order_id")
+        .values_list("order_id", flat=True)
+        .distinct()[:limit]
+    )
+
+
 def reservation_states(order_ids: Sequence[int]) -> dict[int, set[str]]:
     """The reservation statuses of each order (for audits)."""
     states: dict[int, set[str]] = {}

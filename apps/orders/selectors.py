@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, Prefetch, QuerySet
+from django.utils import timezone
 
+from apps.inventory.selectors import reservations_held_since_before
 from apps.orders.models import Order, OrderEvent, OrderLine
 from shop.errors import PageNotFound
-from shop.sharding import order_shard_aliases, shard_for_id, shard_for_user
+from shop.sharding import shard_for_id, shard_for_user
 from shop.sharding.ids import id_floor, id_is_plausible, id_minute, id_minute_start
+from shop.sharding.loops import shards_each
 
 
 def _with_lines(queryset: QuerySet[Order]) -> QuerySet[Order]:
@@ -65,10 +70,11 @@ def orders_for_user(*, user_id: int, page: int = 1, page_size: int = 20) -> Orde
 
 
 def orders_per_minute(*, since: datetime) -> dict[datetime, int]:
-    """Orders placed per minute since ``since``, over every shard (an id range scan: ids are
-    time-ordered)."""
+    """Orders placed per minute since ``since``, over every shard that answers (an id range
+    scan: ids are time-ordered)."""
     counts: Counter[datetime] = Counter()
-    for alias in order_shard_aliases():
+
+    def count_shard(alias: str) -> None:
         rows = (
             Order.objects.using(alias)
             .filter(id__gte=id_floor(since))
@@ -77,6 +83,57 @@ def orders_per_minute(*, since: datetime) -> dict[datetime, int]:
             .annotate(n=Count("id"))
             .order_by()
         )
-        for row in rows:
+        for row in list(rows):
             counts[id_minute_start(row["minute"])] += row["n"]
+
+    shards_each("orders_per_minute", count_shard)
     return dict(counts)
+
+
+# --- Orphaned reservations ----------------------------------------------------------------------
+
+
+def orphan_cutoff(*, audit: bool = False) -> datetime:
+    """Stock held since before this moment by an order that does not exist is an orphan: a
+    checkout that died between reserving and writing its order (ORPHAN_RESERVATION_GRACE after
+    the hold, no live checkout is still about to write it). The audit allows one more sweep
+    interval: it reports the orphans the sweep has had a run to release, and no others."""
+    grace = settings.ORPHAN_RESERVATION_GRACE
+    if audit:
+        grace += settings.ORDER_EXPIRY_SWEEP_SECONDS
+    return timezone.now() - timedelta(seconds=grace)
+
+
+def reservations_orphaned(
+    *, held_before: datetime, loop: str, limit: int | None = None
+) -> Iterator[int]:
+    """Ids of orders holding stock (a reservation made before ``held_before``) that are absent
+    on their shard — the one definition of an orphan the expiry sweep (which releases them)
+    and the invariant audit (which reports them) share. A shard that does not answer cannot
+    show an order absent: its reservations are left alone (and the shard reported under
+    ``loop``)."""
+    found, after = 0, 0
+    while limit is None or found < limit:
+        ids = reservations_held_since_before(created_before=held_before, after_order_id=after)
+        if not ids:
+            return
+        after = ids[-1]
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for order_id in ids:
+            by_shard[shard_for_id(order_id)].append(order_id)
+        present = shards_each(
+            loop,
+            lambda alias, by_shard=by_shard: set(
+                Order.objects.using(alias)
+                .filter(id__in=by_shard[alias])
+                .values_list("id", flat=True)
+            ),
+            aliases=list(by_shard),
+        )
+        for alias, existing in present.items():
+            for order_id in by_shard[alias]:
+                if order_id not in existing:
+                    yield order_id
+                    found += 1
+                    if limit is not None and found >= limit:
+                        return

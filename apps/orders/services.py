@@ -44,6 +44,7 @@ from apps.orders.models import (
     OrderLine,
     OrderStatus,
 )
+from apps.orders.selectors import orphan_cutoff, reservations_orphaned
 from shop.alerts import alert_raise
 from shop.logs import log_context_bind
 from shop.metrics import DEAD_LETTERS
@@ -51,6 +52,7 @@ from shop.outbox import consume_once, outbox_enqueue
 from shop.review import review_file
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate, id_is_plausible
+from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
 
@@ -568,38 +570,51 @@ class SweepResult:
 
 
 def orders_expire_sweep(*, limit: int = 500) -> SweepResult:
-    """Expire unpaid orders past their expiry on every shard, and repair reservations left
-    held by a crash: released if their order is gone, expired or cancelled; committed if it
-    was paid. A shard that does not answer is skipped (and reported); the others proceed."""
+    """Expire unpaid orders past their expiry on every shard; release stock held for orders
+    that were never written (:func:`reservations_orphaned`, ORPHAN_RESERVATION_GRACE after
+    the hold); and repair reservations left held by a crash past their expiry: released if
+    their order expired or was cancelled, committed if it was paid. A shard that does not
+    answer is skipped (logged, counted, alerted: ``shards_each``); the others proceed."""
     result = SweepResult()
     now = timezone.now()
-    for alias in order_shard_aliases():
-        try:
-            due = list(
-                Order.objects.using(alias)
-                .filter(status=S.PENDING_PAYMENT, expires_at__lte=now)
-                .order_by("expires_at")
-                .values_list("id", flat=True)[:limit]
-            )
-        except DatabaseError as exc:
-            logger.warning("expiry sweep: shard %s unavailable: %s", alias, exc)
-            result.unreachable.append(alias)
-            continue
-        result.expired += sum(order_expire(order_id=order_id) for order_id in due)
+
+    def expire_shard(alias: str) -> int:
+        due = list(
+            Order.objects.using(alias)
+            .filter(status=S.PENDING_PAYMENT, expires_at__lte=now)
+            .order_by("expires_at")
+            .values_list("id", flat=True)[:limit]
+        )
+        return sum(order_expire(order_id=order_id) for order_id in due)
+
+    expired = shards_each("orders_expire_sweep", expire_shard)
+    result.expired = sum(expired.values())
+    result.unreachable = [alias for alias in order_shard_aliases() if alias not in expired]
+
+    for order_id in reservations_orphaned(
+        held_before=orphan_cutoff(), loop="orders_expire_sweep", limit=limit
+    ):
+        result.released_orphans += bool(stock_release(order_id=order_id))
 
     grace = timedelta(seconds=settings.ORPHAN_RESERVATION_GRACE)
+    by_shard: dict[str, list[int]] = {}
     for order_id in reservations_held_expired(before=now - grace, limit=limit):
-        alias = shard_for_id(order_id)
-        if alias in result.unreachable:
-            continue
-        order = Order.objects.using(alias).filter(id=order_id).first()
-        if order is None or order.status in (S.CANCELLED, S.EXPIRED):
-            result.released_orphans += bool(stock_release(order_id=order_id))
-        elif order.status == S.PENDING_PAYMENT:
-            result.expired += order_expire(order_id=order_id)
-        else:
-            with contextlib.suppress(ReservationReleased):
-                result.committed += bool(stock_commit(order_id=order_id))
+        by_shard.setdefault(shard_for_id(order_id), []).append(order_id)
+
+    def repair_shard(alias: str) -> None:
+        for order_id in by_shard[alias]:
+            order = Order.objects.using(alias).filter(id=order_id).first()
+            if order is None:
+                continue  # an orphan: released above once its order is shown absent
+            if order.status in (S.CANCELLED, S.EXPIRED):
+                result.released_orphans += bool(stock_release(order_id=order_id))
+            elif order.status == S.PENDING_PAYMENT:
+                result.expired += order_expire(order_id=order_id)
+            else:
+                with contextlib.suppress(ReservationReleased):
+                    result.committed += bool(stock_commit(order_id=order_id))
+
+    shards_each("orders_expire_sweep", repair_shard, aliases=[a for a in by_shard if a in expired])
     return result
 
 

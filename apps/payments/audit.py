@@ -16,7 +16,7 @@ from apps.payments.models import (
     TccTransaction,
     Transfer,
 )
-from shop.sharding import order_shard_aliases
+from shop.sharding.loops import shards_each
 
 PAID_OR_LATER = {
     OrderStatus.PAID,
@@ -70,6 +70,64 @@ def ledger_violations() -> Iterator[str]:
             yield f"frozen amount of {reference} leaked: neither captured nor released"
 
 
+def _shard_violations(alias: str, captures: set[str], decisions: dict[int, str]) -> Iterator[str]:
+    for order_id, count in (
+        Payment.objects.using(alias)
+        .filter(status=PaymentStatus.SUCCEEDED)
+        .values("order_id")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .values_list("order_id", "n")
+    ):
+        yield f"order {order_id} has {count} captured payments"
+    # Refunds owed or paid back per payment (pending ones are on their way: retried).
+    refunded = dict(
+        Refund.objects.using(alias)
+        .exclude(status=Refund.Status.FAILED)
+        .values("payment_id")
+        .annotate(total=Sum("amount"))
+        .values_list("payment_id", "total")
+    )
+    rows = (
+        Payment.objects.using(alias)
+        .select_related("order")
+        .order_by("id")
+        .only(
+            "id",
+            "status",
+            "amount",
+            "captured_amount",
+            "refunded_amount",
+            "order__status",
+            "order__total",
+        )
+    )
+    for payment in rows.iterator(chunk_size=CHUNK):
+        if payment.amount != payment.order.total:
+            yield f"payment {payment.id}: amount {payment.amount} != order total"
+        decision = decisions.get(payment.id)
+        if payment.status == PaymentStatus.SUCCEEDED:
+            if payment.order.status == OrderStatus.CANCELLED:
+                # A paid order the buyer cancelled: its refund must cover the capture.
+                covered = refunded.get(payment.id, 0)
+                if covered < payment.captured_amount:
+                    yield (
+                        f"payment {payment.id} captured {payment.captured_amount} but its "
+                        f"order is cancelled and only {covered} is refunded"
+                    )
+            elif payment.order.status not in PAID_OR_LATER:
+                yield f"payment {payment.id} succeeded but its order is {payment.order.status}"
+            if f"pay-{payment.id}" not in captures:
+                yield f"payment {payment.id} succeeded but the ledger has no capture for it"
+            if decision != TccTransaction.Status.CONFIRMED:
+                yield f"payment {payment.id} succeeded but its transaction is {decision}"
+        elif payment.status == PaymentStatus.FAILED and decision not in (
+            TccTransaction.Status.CANCELLED,
+            None,
+        ):
+            yield f"payment {payment.id} failed but its transaction is {decision}"
+
+
 def payment_violations() -> Iterator[str]:
     captures = set(
         Transfer.objects.filter(kind__in=["wallet_capture", "card_capture"]).values_list(
@@ -77,59 +135,8 @@ def payment_violations() -> Iterator[str]:
         )
     )
     decisions = dict(TccTransaction.objects.values_list("payment_id", "status"))
-    for alias in order_shard_aliases():
-        for order_id, count in (
-            Payment.objects.using(alias)
-            .filter(status=PaymentStatus.SUCCEEDED)
-            .values("order_id")
-            .annotate(n=Count("id"))
-            .filter(n__gt=1)
-            .values_list("order_id", "n")
-        ):
-            yield f"order {order_id} has {count} captured payments"
-        # Refunds owed or paid back per payment (pending ones are on their way: retried).
-        refunded = dict(
-            Refund.objects.using(alias)
-            .exclude(status=Refund.Status.FAILED)
-            .values("payment_id")
-            .annotate(total=Sum("amount"))
-            .values_list("payment_id", "total")
-        )
-        rows = (
-            Payment.objects.using(alias)
-            .select_related("order")
-            .order_by("id")
-            .only(
-                "id",
-                "status",
-                "amount",
-                "captured_amount",
-                "refunded_amount",
-                "order__status",
-                "order__total",
-            )
-        )
-        for payment in rows.iterator(chunk_size=CHUNK):
-            if payment.amount != payment.order.total:
-                yield f"payment {payment.id}: amount {payment.amount} != order total"
-            decision = decisions.get(payment.id)
-            if payment.status == PaymentStatus.SUCCEEDED:
-                if payment.order.status == OrderStatus.CANCELLED:
-                    # A paid order the buyer cancelled: its refund must cover the capture.
-                    covered = refunded.get(payment.id, 0)
-                    if covered < payment.captured_amount:
-                        yield (
-                            f"payment {payment.id} captured {payment.captured_amount} but its "
-                            f"order is cancelled and only {covered} is refunded"
-                        )
-                elif payment.order.status not in PAID_OR_LATER:
-                    yield f"payment {payment.id} succeeded but its order is {payment.order.status}"
-                if f"pay-{payment.id}" not in captures:
-                    yield f"payment {payment.id} succeeded but the ledger has no capture for it"
-                if decision != TccTransaction.Status.CONFIRMED:
-                    yield f"payment {payment.id} succeeded but its transaction is {decision}"
-            elif payment.status == PaymentStatus.FAILED and decision not in (
-                TccTransaction.Status.CANCELLED,
-                None,
-            ):
-                yield f"payment {payment.id} failed but its transaction is {decision}"
+    found = shards_each(
+        "audit_payments", lambda alias: list(_shard_violations(alias, captures, decisions))
+    )
+    for violations in found.values():
+        yield from violations

@@ -12,6 +12,7 @@ from apps.payments.models import Account, Payment, PaymentChannel, Refund
 from apps.payments.services.ledger import wallet_account
 from shop.sharding import order_shard_aliases, shard_for_id
 from shop.sharding.ids import id_floor, id_is_plausible, id_minute, id_minute_start
+from shop.sharding.loops import shards_each
 
 
 def payment_get(*, payment_id: int, user_id: int | None = None) -> Payment | None:
@@ -134,7 +135,8 @@ def channels_health() -> list[ChannelHealth]:
 def payments_per_minute(*, since: datetime) -> dict[datetime, dict[str, int]]:
     """Payments started per minute since ``since`` by their status now, over every shard."""
     counts: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for alias in order_shard_aliases():
+
+    def count_shard(alias: str) -> None:
         rows = (
             Payment.objects.using(alias)
             .filter(id__gte=id_floor(since))
@@ -143,6 +145,8 @@ def payments_per_minute(*, since: datetime) -> dict[datetime, dict[str, int]]:
             .annotate(n=Count("id"))
             .order_by()
         )
-        for row in rows:
+        for row in list(rows):
             counts[id_minute_start(row["minute"])][row["status"]] += row["n"]
+
+    shards_each("payments_per_minute", count_shard)
     return {minute: dict(by_status) for minute, by_status in counts.items()}

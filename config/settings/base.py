@@ -287,8 +287,9 @@ ORDER_RESERVATION_TTL = env.int("ORDER_RESERVATION_TTL", default=15 * 60)
 ORDER_LINE_MAX_QUANTITY = env.int("ORDER_LINE_MAX_QUANTITY", default=10)
 ORDER_MAX_LINES = env.int("ORDER_MAX_LINES", default=20)
 ORDER_EXPIRY_SWEEP_SECONDS = env.int("ORDER_EXPIRY_SWEEP_SECONDS", default=60)
-# A reservation whose order was never written (a crash mid-checkout) is released this long
-# after its expiry by the sweep.
+# A reservation whose order was never written (a crash mid-checkout) is released by the sweep
+# this long after the hold: far longer than a live checkout takes from reserving to writing
+# its order (milliseconds), short enough that a crash does not keep stock off sale for long.
 ORPHAN_RESERVATION_GRACE = env.int("ORPHAN_RESERVATION_GRACE", default=60)
 # Processing: 1 attempt + this many re-queues from the dead-letter queue, then manual review.
 ORDER_PROCESSING_MAX_RETRIES = env.int("ORDER_PROCESSING_MAX_RETRIES", default=3)
@@ -438,6 +439,13 @@ OUTBOX_RELAY_BATCH = env.int("OUTBOX_RELAY_BATCH", default=200)
 OUTBOX_RELAY_GRACE = env.float("OUTBOX_RELAY_GRACE", default=2.0)
 # After a failed publish a process skips the fast path this long (the relay retries).
 OUTBOX_BROKER_BACKOFF = env.float("OUTBOX_BROKER_BACKOFF", default=5.0)
+# The outbox's (and alerts') publisher connects within this many seconds or gives up (the
+# relay publishes later): a broker on the same network answers a TCP connect and the AMQP
+# handshake in a few ms, and a request must never wait seconds on a dead or partitioned one.
+OUTBOX_PUBLISH_CONNECT_TIMEOUT = env.float("OUTBOX_PUBLISH_CONNECT_TIMEOUT", default=0.2)
+# ... and the broker confirms a published message within this many seconds, else the publish
+# failed (a message written into a connection the broker has dropped is never lost silently).
+OUTBOX_PUBLISH_TIMEOUT = env.float("OUTBOX_PUBLISH_TIMEOUT", default=1.0)
 OUTBOX_KEEP_PUBLISHED_DAYS = env.int("OUTBOX_KEEP_PUBLISHED_DAYS", default=7)
 
 CELERY_BEAT_SCHEDULE = {

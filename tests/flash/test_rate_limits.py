@@ -1,5 +1,5 @@
 """Rate-limit layers: each triggers with 429 + Retry-After and resets; Redis down ⇒ catalog
-routes fail open, payment routes fail closed; rules change at run time."""
+routes and payment routes fail open to the per-process limit; rules change at run time."""
 
 from __future__ import annotations
 
@@ -89,11 +89,18 @@ def test_rules_change_at_run_time_without_a_restart(client):
     assert client.get("/api/v1/categories/").status_code == 200
 
 
-def test_with_redis_down_the_catalog_fails_open_and_payments_fail_closed(client, settings):
+def test_with_redis_down_the_catalog_and_payments_fail_open_to_the_per_process_limit(
+    client, settings
+):
+    # The old contract (payments 503 while Redis is down) changed with DESIGN §6 (issue 12):
+    # payments keep working, limited per process.
     from apps.orders import services as orders
+    from apps.payments.services.ledger import wallet_topup
     from tests.factories.catalog import product_with_skus
 
     buyer = UserFactory(username="downtime")
+    wallet_topup(user_id=buyer.id, amount=5_000, currency="EUR", reference="t:downtime",
+                 actor="test")  # fmt: skip
     sku = product_with_skus().skus.get()
     order = orders.order_place(user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1}])
     settings.CACHES = DEAD_REDIS
@@ -101,10 +108,8 @@ def test_with_redis_down_the_catalog_fails_open_and_payments_fail_closed(client,
     assert client.get("/api/v1/products/").status_code == 200
     payment = api_client(buyer).post(f"/api/v1/orders/{order.id}/payments/", {"method": "wallet"},
                                      format="json", HTTP_IDEMPOTENCY_KEY=new_key())  # fmt: skip
-    if settings.REDIS_URL:  # with a real Redis configured, it is unreachable: closed
-        assert payment.status_code == 503
-        assert payment.json()["code"] == "service_unavailable"
-        assert payment["Retry-After"]
+    assert payment.status_code == 201, payment.json()
+    assert payment.json()["status"] == "succeeded"
 
 
 def test_a_banks_signed_webhooks_are_not_counted_as_one_clients_writes(client):

@@ -27,8 +27,9 @@ from apps.payments.models import Payment, PaymentStatus, Refund
 from apps.payments.services import ledger
 from apps.payments.services.channels import ChannelClient, ChannelError, ChannelRejected
 from shop.review import review_file
-from shop.sharding import order_shard_aliases, shard_for_id
+from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
+from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +232,15 @@ def _file_failed(refund: Refund, payment: Payment, error: str) -> None:
 def refunds_retry(*, older_than_seconds: int = 30, limit: int = 100) -> int:
     """Finish refunds left pending (the channel was down). Returns how many settled."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    settled = 0
-    for alias in order_shard_aliases():
-        for refund_id in (
+
+    def retry_shard(alias: str) -> int:
+        pending = list(
             Refund.objects.using(alias)
             .filter(status=Refund.Status.PENDING, created_at__lt=cutoff)
             .values_list("id", flat=True)[:limit]
-        ):
-            settled += refund_execute(refund_id=refund_id) == Refund.Status.SUCCEEDED
-    return settled
+        )
+        return sum(
+            refund_execute(refund_id=refund_id) == Refund.Status.SUCCEEDED for refund_id in pending
+        )
+
+    return sum(shards_each("refunds_retry", retry_shard).values())

@@ -16,7 +16,7 @@ from apps.payments.models import Payment, PaymentStatus
 from apps.payments.services import payment_settle_now
 from apps.payments.services.channels import ChannelError
 from shop.review import review_file
-from shop.sharding import order_shard_aliases
+from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class JanitorResult:
 def payments_stuck_janitor(*, limit: int = 200) -> JanitorResult:
     result = JanitorResult()
     cutoff = timezone.now() - timedelta(seconds=settings.PAYMENT_STUCK_AFTER)
-    for alias in order_shard_aliases():
+
+    def janitor_shard(alias: str) -> None:
         stuck = list(
             Payment.objects.using(alias)
             .filter(
@@ -65,4 +66,6 @@ def payments_stuck_janitor(*, limit: int = 200) -> JanitorResult:
                 result.escalated.append(payment_id)
             else:
                 result.settled.append(payment_id)
+
+    shards_each("payments_stuck_janitor", janitor_shard)
     return result
