@@ -111,6 +111,7 @@ class DrillRun:
         self._lock = threading.Lock()
         self._category: Category | None = None
         self._product: Product | None = None
+        self._payments_sku: Sku | None = None
 
     def buyer(self) -> Any:
         user = get_user_model().objects.create_user(
@@ -135,6 +136,15 @@ class DrillRun:
         stock_receive(sku_id=sku.id, quantity=units)
         self.skus.append(sku)
         return sku
+
+    def payments_sku(self, *, units: int) -> Sku:
+        """The one SKU every paid test order of this run buys (``units`` more of it): paid
+        orders pin their SKU, so a run retires at most this one."""
+        if self._payments_sku is None:
+            self._payments_sku = self.sku(label="pay", units=units)
+        else:
+            stock_receive(sku_id=self._payments_sku.id, quantity=units)
+        return self._payments_sku
 
     def place(self, *, buyer: Any, sku: Sku) -> Order:
         order = order_place(user_id=buyer.id, items=[{"sku": sku.code, "quantity": 1}])
@@ -165,14 +175,16 @@ class DrillRun:
             except (ShopError, DatabaseError) as exc:
                 problems.append(f"order {order_id}: {exc}")
         summary["orders_removed"] = self._purge_unpaid()
-        summary.update(self._remove_catalog())
+        retired = self._remove_catalog()
+        summary["skus_removed"] = len(self.skus) - len(retired)
+        summary["skus_retired"] = len(retired)
         if self.buyers:
             get_user_model().objects.filter(id__in=[b.id for b in self.buyers]).update(
                 is_active=False
             )
             Token.objects.filter(user_id__in=[b.id for b in self.buyers]).delete()
             summary["buyers_deactivated"] = len(self.buyers)
-        return {"counts": dict(summary), "problems": problems}
+        return {"counts": dict(summary), "retired": retired, "problems": problems}
 
     def _close_order(self, order_id: int) -> str:
         alias = shard_for_id(order_id)
@@ -215,21 +227,22 @@ class DrillRun:
             removed += 1
         return removed
 
-    def _remove_catalog(self) -> dict[str, int]:
-        removed = retired = 0
+    def _remove_catalog(self) -> list[str]:
+        """Delete the drill's SKUs (with their stock), product and category; a SKU that paid
+        orders' reservations still reference is deactivated instead. Returns those codes."""
+        retired = []
         for sku in self.skus:
             if Reservation.objects.filter(sku_id=sku.id).exists():
                 Sku.objects.filter(id=sku.id).update(is_active=False)
-                retired += 1
+                retired.append(sku.code)
                 continue
             with transaction.atomic(using="default"):
                 Stock.objects.filter(sku_id=sku.id).delete()
                 sku.delete()
-            removed += 1
         if self._product is not None:
             product_id = self._product.id
-            if Sku.objects.filter(product=self._product).exists():
-                Product.objects.filter(id=self._product.id).update(is_active=False)
+            if retired:
+                Product.objects.filter(id=product_id).update(is_active=False)
                 Category.objects.filter(id=self._category.id).update(is_active=False)
             else:
                 self._product.delete()
@@ -237,7 +250,7 @@ class DrillRun:
             # Cached pages and listings that showed the drill's product forget it.
             catalog_changed(product_ids=[product_id])
             categories_changed()
-        return {"skus_removed": removed, "skus_retired": retired}
+        return retired
 
 
 # --- Injecting, and always restoring ----------------------------------------------------------
@@ -345,7 +358,7 @@ def _pay_orders(
     run: DrillRun, count: int, *, channel: str | None = None
 ) -> tuple[Any, list[Payment]]:
     buyer = run.buyer()
-    sku = run.sku(label=f"pay{len(run.skus) + 1}", units=count)
+    sku = run.payments_sku(units=count)
     payments = []
     for _ in range(count):
         order = run.place(buyer=buyer, sku=sku)
@@ -361,7 +374,7 @@ def _pay_orders(
 def _payment_counts(payments: list[Payment]) -> dict[str, Any]:
     return {
         "payments": len(payments),
-        "by_status": dict(Counter(p.status for p in payments)),
+        "by_status": dict(Counter(str(p.status) for p in payments)),
         "by_channel": dict(Counter(p.channel or "-" for p in payments)),
     }
 
@@ -417,21 +430,26 @@ def drill_lost_answers(run: DrillRun, options: DrillOptions) -> Report:
     report = Report("lost-answers")
     channel = _drilled_channel(options)
     count = options.orders or 3
-    with breaker_restored(report, channel):
-        with faults_injected(report, channel, {"lose_response_rate": 1.0}):
-            _, payments = _pay_orders(run, count, channel=channel)
-            report.did.append(f"paid {count} test order(s) by card at {channel}")
-            first = _payment_counts(payments)
-        unknown = [p for p in payments if p.status == PaymentStatus.UNKNOWN]
-        for payment in unknown:
-            payment_settle_now(payment_id=payment.id)
-        if unknown:
-            report.did.append(f"settled {len(unknown)} unknown payment(s) (payment_settle_now)")
-    final = Counter(_now_status(p) for p in payments)
+    lost = {"lose_response_rate": 1.0}
+    with breaker_restored(report, channel), faults_injected(report, channel, lost):
+        _, payments = _pay_orders(run, count, channel=channel)
+        report.did.append(f"paid {count} test order(s) by card at {channel}")
+        first = _payment_counts(payments)
+        # Lost answers count as failures: the breaker may have opened, and then even the
+        # status queries that settle a payment wait until it is restored.
+        breaker_state = breaker_for(channel).state()
+    # The channel answers again and its breaker is as before: settle what is still unknown.
+    unknown = [p for p in payments if p.status == PaymentStatus.UNKNOWN]
+    for payment in unknown:
+        payment_settle_now(payment_id=payment.id)
+    if unknown:
+        report.did.append(f"settled {len(unknown)} unknown payment(s) (payment_settle_now)")
+    final = Counter(str(_now_status(p)) for p in payments)
     report.observed = {
         "channel": channel,
         "first_answers": first,
         "attempt_outcomes": _attempt_outcomes(payments),
+        "breaker_while_injected": breaker_state,
         "settled_later": len(unknown),
         "final_by_status": dict(final),
     }
@@ -526,7 +544,8 @@ def drill_checkout_flood(run: DrillRun, options: DrillOptions) -> Report:
     report = Report("checkout-flood")
     attempts = options.orders or 40
     units = options.units or max(1, attempts // 4)
-    buyers = [run.buyer() for _ in range(min(attempts, options.threads))]
+    threads = min(attempts, options.threads)
+    buyers = [run.buyer() for _ in range(threads)]
     sku = run.sku(label="flood", units=units)
     report.did.append(f"test SKU {sku.code} with {units} unit(s)")
 
@@ -540,9 +559,9 @@ def drill_checkout_flood(run: DrillRun, options: DrillOptions) -> Report:
             connections.close_all()
 
     start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=options.threads) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         outcomes = Counter(pool.map(checkout, range(attempts)))
-    report.did.append(f"{attempts} checkouts from {options.threads} threads")
+    report.did.append(f"{attempts} checkouts from {threads} threads")
     stock = Stock.objects.get(sku_id=sku.id)
     report.observed = {
         "attempts": attempts,

@@ -89,6 +89,8 @@ class Command(BaseCommand):
             for line in report.problems:
                 self.stdout.write(self.style.ERROR(f"   problem:  {line}"))
         self.stdout.write(f"== cleanup: {result.cleanup['counts']}")
+        for code in result.cleanup["retired"]:
+            self.stdout.write(f"   retired:  {code} (paid, refunded orders keep it; inactive)")
         for line in result.cleanup["problems"]:
             self.stdout.write(self.style.ERROR(f"   problem:  {line}"))
         self.stdout.write("== audit_invariants:")
