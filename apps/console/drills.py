@@ -64,8 +64,6 @@ from shop.sharding import order_shard_aliases, shard_for_id, shard_for_user
 # Price of the drill's test SKUs: within every sandbox channel's limits (min 100 cents).
 DRILL_PRICE = 1500
 DRILL_ACTOR = "drill"
-# Calls to the acquirer's fault API: a staging acquirer answers at once or not at all.
-FAULT_API_TIMEOUT = 5.0
 
 S = OrderStatus
 
@@ -266,8 +264,9 @@ def acquirer_faults(channel: str) -> dict[str, Any]:
         response = http_json(
             "GET",
             _acquirer_url(f"/channels/{channel}"),
-            connect_timeout=FAULT_API_TIMEOUT,
-            read_timeout=FAULT_API_TIMEOUT,
+            # The acquirer's fault API answers like its channels: the same timeouts.
+            connect_timeout=settings.CHANNEL_CONNECT_TIMEOUT,
+            read_timeout=settings.BREAKER_CALL_TIMEOUT,
         )
     except HttpError as exc:
         raise DrillError(f"the acquirer's fault API at {settings.ACQUIRER_URL}: {exc}") from exc
@@ -283,8 +282,9 @@ def acquirer_faults_set(channel: str, faults: dict[str, Any]) -> None:
             "PUT",
             _acquirer_url(f"/channels/{channel}/faults"),
             faults,
-            connect_timeout=FAULT_API_TIMEOUT,
-            read_timeout=FAULT_API_TIMEOUT,
+            # The acquirer's fault API answers like its channels: the same timeouts.
+            connect_timeout=settings.CHANNEL_CONNECT_TIMEOUT,
+            read_timeout=settings.BREAKER_CALL_TIMEOUT,
         )
     except HttpError as exc:
         raise DrillError(f"the acquirer's fault API at {settings.ACQUIRER_URL}: {exc}") from exc
