@@ -424,9 +424,10 @@ def drill_bank_outage(run: DrillRun, options: DrillOptions) -> Report:
 
 
 def drill_lost_answers(run: DrillRun, options: DrillOptions) -> Report:
-    """Every answer of one channel is lost (the bank acted, we heard nothing): each payment is
-    settled by a status query, or left `unknown` and settled once the channel answers again —
-    never charged twice."""
+    """Every answer of one channel is lost (the bank acted, we heard nothing): each payment
+    that reached it is settled by a status query, or left `unknown` and settled once the channel
+    answers again — never charged twice. Lost answers count as failures, so the channel's
+    breaker may open: payments asked after that are refused before reaching it."""
     report = Report("lost-answers")
     channel = _drilled_channel(options)
     count = options.orders or 3
@@ -444,18 +445,27 @@ def drill_lost_answers(run: DrillRun, options: DrillOptions) -> Report:
         payment_settle_now(payment_id=payment.id)
     if unknown:
         report.did.append(f"settled {len(unknown)} unknown payment(s) (payment_settle_now)")
-    final = Counter(str(_now_status(p)) for p in payments)
+    final = {p.id: str(_now_status(p)) for p in payments}
+    # A payment asked after the breaker opened never reached the bank (`failed`, nothing
+    # charged): the breaker did its job. One that reached it must end captured.
+    reached = [p for p in payments if _attempt_outcomes([p])]
     report.observed = {
         "channel": channel,
         "first_answers": first,
         "attempt_outcomes": _attempt_outcomes(payments),
         "breaker_while_injected": breaker_state,
         "settled_later": len(unknown),
-        "final_by_status": dict(final),
+        "reached_the_bank": len(reached),
+        "final_by_status": dict(Counter(final.values())),
     }
-    report.ok = final.get(PaymentStatus.SUCCEEDED, 0) == count
+    settled = [p for p in reached if final[p.id] == PaymentStatus.SUCCEEDED]
+    open_ = [p for p in payments if final[p.id] in (PaymentStatus.UNKNOWN, PaymentStatus.PENDING)]
+    report.ok = bool(reached) and len(settled) == len(reached) and not open_
     if not report.ok:
-        report.problems.append(f"only {final.get('succeeded', 0)}/{count} payments succeeded")
+        report.problems.append(
+            f"{len(settled)} of {len(reached)} payments that reached {channel} succeeded; "
+            f"{len(open_)} still unknown or pending"
+        )
     return report
 
 

@@ -184,7 +184,6 @@ def _faults(acquirer, code: str) -> dict:  # noqa: F811
     return acquirer.call("GET", f"/channels/{code}")[1]["faults"]
 
 
-@pytest.mark.needs_redis
 def test_bank_outage_fails_over_and_restores_the_channel(acquirer, channels, settings):  # noqa: F811
     settings.BREAKER_FAILURE_THRESHOLD = 2
     settings.BREAKER_RESET_TIMEOUT = 600  # it stays open until the drill restores it
@@ -208,20 +207,45 @@ def test_bank_outage_fails_over_and_restores_the_channel(acquirer, channels, set
     assert_invariants_hold()
 
 
-@pytest.mark.needs_redis
-def test_lost_answers_are_settled_without_a_second_charge(acquirer, channels):  # noqa: F811
+def test_lost_answers_are_settled_by_status_queries_without_a_second_charge(
+    acquirer,  # noqa: F811
+    channels,  # noqa: F811
+):
     code, report = drill("lost-answers", "--orders", "2", "--channel", "alpha")
 
     observed = scenario(report, "lost-answers")["observed"]
     assert (code, report["ok"]) == (0, True), report
     assert observed["final_by_status"] == {"succeeded": 2}
     assert observed["attempt_outcomes"]["timeout"] == 2  # each answer was lost once
+    assert observed["attempt_outcomes"]["queried:authorized"] == 2
     assert _faults(acquirer, "alpha")["lose_response_rate"] == 0.0
     assert report["cleanup"]["counts"]["orders_refunded_succeeded"] == 2
     assert_invariants_hold()
 
 
-@pytest.mark.needs_redis
+def test_a_payment_left_unknown_by_an_opened_breaker_is_settled_after_the_restore(
+    acquirer,  # noqa: F811
+    channels,  # noqa: F811
+    settings,
+):
+    # Given a breaker that opens at the first lost answer (and stays open while injected)
+    settings.BREAKER_FAILURE_THRESHOLD = 1
+    settings.BREAKER_RESET_TIMEOUT = 600
+
+    code, report = drill("lost-answers", "--orders", "2", "--channel", "alpha")
+
+    # The first payment's status query met the open breaker: unknown, settled after the
+    # restore; the second never reached the bank. One capture, nothing unknown left.
+    observed = scenario(report, "lost-answers")["observed"]
+    assert (code, report["ok"]) == (0, True), report
+    assert observed["breaker_while_injected"] == "open"
+    assert observed["first_answers"]["by_status"] == {"unknown": 1, "failed": 1}
+    assert (observed["settled_later"], observed["reached_the_bank"]) == (1, 1)
+    assert observed["final_by_status"] == {"succeeded": 1, "failed": 1}
+    assert breaker_for("alpha").state() == "closed"
+    assert_invariants_hold()
+
+
 def test_a_forced_open_breaker_is_avoided_then_closed_again(acquirer, channels):  # noqa: F811
     code, report = drill("breaker", "--orders", "2", "--channel", "alpha")
 
