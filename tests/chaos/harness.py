@@ -196,9 +196,63 @@ class RabbitNode:
             time.sleep(0.3)
         return self
 
-    def stop(self) -> None:
-        _stop_group(self.process, timeout=60)
+    def _groups(self) -> set[int]:
+        """Process groups of this node: ``rabbitmq-server`` switches to the ``rabbitmq`` user
+        in a session of its own, so they are found by the node name in their environment."""
+        marker = f"RABBITMQ_NODENAME={self.name}\0".encode()
+        groups = set()
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if marker in environ.read_bytes():
+                    groups.add(os.getpgid(int(environ.parent.name)))
+            except OSError:
+                continue
+        return groups
+
+    def _signal(self, signum: int) -> None:
+        for group in self._groups():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signum)
+
+    def stop(self, *, timeout: float = 30) -> None:
+        """SIGTERM the node (SIGKILL after ``timeout`` s); returns once its port is closed."""
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        self.kill()
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
         wait_for(lambda: not _port_open(self.port), timeout=30)
+
+
+class Blackhole:
+    """A TCP endpoint on ``port`` that accepts connections and never answers: a network
+    partition, as a client sees it (connects, then waits for its own timeouts)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 class PostgresCluster:
@@ -507,7 +561,8 @@ class ChaosStack:
         for process in reversed(list(self.processes.values())):
             _stop_group(process.process, timeout=5)
         self.redis.stop()
-        _stop_group(self.broker.process, timeout=2)
+        with contextlib.suppress(Exception):
+            self.broker.kill()
         if self.databases_created:
             with contextlib.suppress(Exception):
                 _drop_databases(SHARED_POSTGRES, self.names)
@@ -547,7 +602,12 @@ class ChaosStack:
     def _buyer_infos(self) -> list[dict]:
         return self.shell(
             "import json; from bench.common import shop_buyers; "
-            f"print(json.dumps(shop_buyers({BUYERS})))"
+            "from apps.payments.services.ledger import wallet_topup; "
+            f"buyers = shop_buyers({BUYERS}); "
+            # Enough for every order a scenario places (a demo product costs up to ~€1,500).
+            "[wallet_topup(user_id=b['id'], amount=10_000_000, currency='EUR', "
+            "reference=f\"chaos:{b['id']}\", actor='chaos') for b in buyers]; "
+            "print(json.dumps(buyers))"
         )
 
     def _sku_codes(self) -> list[str]:
