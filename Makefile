@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test fuzz lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash clean
+.PHONY: run test fuzz chaos lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -66,6 +66,13 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+## Only the fault experiments (tests/chaos, docs/chaos.md): each starts a whole shop on its own
+## databases, Redis and RabbitMQ node, breaks something and checks what held. Needs the services
+## profile (its PostgreSQL server) and the server binaries (redis-server, rabbitmq-server,
+## /usr/lib/postgresql/*/bin).
+chaos: install
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 ## The same against local PostgreSQL, Redis and RabbitMQ (variables from .env.services).
 test-services:
