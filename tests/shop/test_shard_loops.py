@@ -4,11 +4,13 @@ others."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.db import connections, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY
@@ -141,3 +143,21 @@ def test_every_shard_loop_skips_a_dead_shard_and_reports_it(loop):
 
     assert (_skipped(loop), _skipped(loop, LIVE)) == (before[0] + 1, before[1])
     assert Alert.objects.filter(kind="shard_loop", key=f"{loop}:{DEAD}").exists()
+
+
+def test_the_audit_says_a_dead_shard_was_not_checked_instead_of_all_clear():
+    # Given shard orders_0 unreachable
+    out = io.StringIO()
+    with shard_down(DEAD), pytest.raises(SystemExit) as exited:
+        # When the audit runs
+        call_command("audit_invariants", stdout=out)
+    # Then it does not claim that every invariant holds: it names the shard it could not check
+    # and exits 2 (1 stays "a violation was found")
+    text = out.getvalue()
+    assert exited.value.code == 2
+    assert f"NOT CHECKED: shard {DEAD}" in text
+    assert "all invariants hold" not in text
+    # And with the shard back, the same audit is clean
+    out = io.StringIO()
+    call_command("audit_invariants", stdout=out)
+    assert "all invariants hold" in out.getvalue()
