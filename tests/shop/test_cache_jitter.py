@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 
@@ -15,15 +16,18 @@ KEYS = 500
 
 @pytest.mark.django_db
 def test_expiries_of_many_keys_spread_across_ten_percent_either_side():
-    # Given many keys filled in the same instant with the same nominal TTL
+    # Given many keys filled one after another with the same nominal TTL
+    started = time.monotonic()
     for i in range(KEYS):
         cache_fetch(f"jitter:{i}", lambda i=i: {"n": i}, ttl=TTL, groups=(f"jitter:{i}",))
 
     # When we read the TTL the cache really gave each of them
     ttls = [remaining_ttl(versioned_key(f"jitter:{i}", (f"jitter:{i}",))) for i in range(KEYS)]
+    # (time spent filling and reading, which a loaded machine stretches, has run off them)
+    spent = time.monotonic() - started
 
     # Then every expiry lies in [0.9 T, 1.1 T] and they are spread across it, not clustered
-    assert min(ttls) >= 0.9 * TTL - 2
+    assert min(ttls) >= 0.9 * TTL - spent - 1
     assert max(ttls) <= 1.1 * TTL + 1
     assert min(ttls) < 0.93 * TTL
     assert max(ttls) > 1.07 * TTL
