@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
+from collections.abc import Callable
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -131,6 +132,28 @@ def _claim(
     return outcome
 
 
+def _run_claimed(
+    request: HttpRequest, claim: IdempotencyClaim, order_id: int, action: Callable[[], object]
+) -> HttpResponse | None:
+    """Run a buyer's order action under its form's idempotency claim. None when it went
+    through; a refusal (ShopError) gives the key back and answers with the order page and the
+    reason (404 for an order that is not theirs); anything else gives the key back and
+    propagates."""
+    try:
+        action()
+    except ShopError as exc:
+        claim.release()
+        if exc.http_status == 404:
+            raise Http404("No such order.") from exc
+        messages.error(request, exc.message)
+        return redirect("order-detail", order_id=order_id)
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            claim.release()
+        raise
+    return None
+
+
 @login_required
 @require_POST
 def order_cancel(request: HttpRequest, order_id: int) -> HttpResponse:
@@ -142,24 +165,20 @@ def order_cancel(request: HttpRequest, order_id: int) -> HttpResponse:
     )  # fmt: skip
     if isinstance(claim, HttpResponse):
         return claim
-    try:
-        claim.resume_or_start(
+    refused = _run_claimed(
+        request,
+        claim,
+        order_id,
+        lambda: claim.resume_or_start(
             lambda attach: services.order_cancel_by_buyer(
                 order_id=order_id,
                 user_id=user_id,
                 on_cancelled=lambda order: attach(str(order.id)),
             )
-        )
-    except ShopError as exc:
-        claim.release()
-        if exc.http_status == 404:
-            raise Http404("No such order.") from exc
-        messages.error(request, exc.message)
-        return redirect("order-detail", order_id=order_id)
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            claim.release()
-        raise
+        ),
+    )
+    if refused is not None:
+        return refused
     claim.remember(status=200, body={"id": str(order_id)})
     order = order_get(order_id=order_id, user_id=user_id)
     paid = [p for p in order.payments.all() if p.status == "succeeded"]
@@ -205,23 +224,19 @@ def order_refund_request(request: HttpRequest, order_id: int) -> HttpResponse:
     )  # fmt: skip
     if isinstance(claim, HttpResponse):
         return claim
-    try:
-        services.refund_request_file(
+    refused = _run_claimed(
+        request,
+        claim,
+        order_id,
+        lambda: services.refund_request_file(
             order_id=order_id,
             user_id=user_id,
             reason=reason,
             amount=amount,
             on_created=lambda r: claim.complete(status=201, body={"id": str(r.id)}),
-        )
-    except ShopError as exc:
-        claim.release()
-        if exc.http_status == 404:
-            raise Http404("No such order.") from exc
-        messages.error(request, exc.message)
-        return redirect("order-detail", order_id=order_id)
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            claim.release()
-        raise
+        ),
+    )
+    if refused is not None:
+        return refused
     messages.success(request, "Thank you — we will look at your request and answer here.")
     return redirect("order-detail", order_id=order_id)
