@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,6 +21,7 @@ from shop.logs import log_context_clear
 from shop.ratelimit import ratelimit_local_reset
 from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
+from tests.shop.resilience_helpers import DEAD_REDIS, LOCAL_MEMORY
 
 # Fixtures shared across test packages: the alert sink (operators' mail, a webhook receiver).
 pytest_plugins = ["tests.alerting"]
@@ -108,3 +110,18 @@ def _fresh_log_context() -> None:
     log_context_clear()
     yield
     log_context_clear()
+
+
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.needs_redis), "local", "redis-down"]
+)
+def limiter(request: pytest.FixtureRequest, settings: Any) -> str:
+    """Where per-client and login rate-limit windows live, a test run for each: Redis (shared by
+    every process), this process's local-memory cache (embedded profile), or nowhere shared
+    (Redis unreachable: each layer's per-process fallback)."""
+    if request.param == "local":
+        settings.CACHES = LOCAL_MEMORY
+        cache.clear()  # this store outlives a test; no window of an earlier one may remain
+    elif request.param == "redis-down":
+        settings.CACHES = DEAD_REDIS
+    return request.param

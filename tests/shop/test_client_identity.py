@@ -13,7 +13,6 @@ import secrets
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -25,26 +24,10 @@ from shop.runtime import runtime_refresh
 from shop.sharding import order_shard_aliases
 from tests.factories.users import UserFactory
 from tests.orders.conftest import new_key
-from tests.shop.resilience_helpers import DEAD_REDIS, LOCAL_MEMORY
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 User = get_user_model()
 PASSWORD = "a-long-secret-9"
-
-
-@pytest.fixture(
-    params=[pytest.param("redis", marks=pytest.mark.needs_redis), "local", "redis-down"]
-)
-def limiter(request, settings):
-    """Where the ``user_writes`` windows live: Redis (shared by every process), this process's
-    local-memory cache (embedded profile), or nowhere shared (Redis unreachable: the layer's
-    per-process fallback)."""
-    if request.param == "local":
-        settings.CACHES = LOCAL_MEMORY
-        cache.clear()  # this store outlives a test; no window of an earlier one may remain
-    elif request.param == "redis-down":
-        settings.CACHES = DEAD_REDIS
-    return request.param
 
 
 def _writes_budget(n: int) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.test import Client, RequestFactory
 from django.urls import resolve
 from rest_framework.authtoken.models import Token
@@ -16,7 +15,6 @@ from shop.models import RateLimitRule
 from shop.runtime import runtime_refresh
 from shop.throttle import ThrottleMiddleware
 from tests.factories.users import UserFactory
-from tests.shop.resilience_helpers import DEAD_REDIS, LOCAL_MEMORY
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -24,20 +22,6 @@ PASSWORD = "correct-horse-battery"
 # One account, written four ways: each is trimmed, NFKC-normalised or case-folded to "buyer".
 VARIANTS = ["Ｂｕｙｅｒ", " " * 7 + "buyer", "\tbuyer", "BUYER"]
 DEEP = "[" * 1000 + "]" * 1000
-
-
-@pytest.fixture(
-    params=[pytest.param("redis", marks=pytest.mark.needs_redis), "local", "redis-down"]
-)
-def limiter(request, settings):
-    """Where the login windows live: Redis, the local-memory cache, or (Redis unreachable) the
-    per-process fallback."""
-    if request.param == "local":
-        settings.CACHES = LOCAL_MEMORY
-        cache.clear()  # this store outlives a test; no window of an earlier one may remain
-    elif request.param == "redis-down":
-        settings.CACHES = DEAD_REDIS
-    return request.param
 
 
 def _login_budget(n: int) -> None:
