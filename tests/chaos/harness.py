@@ -189,11 +189,11 @@ class RabbitNode:
                 ["rabbitmq-server"], env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=self.dir,
             )  # fmt: skip
-        deadline = time.monotonic() + 90
-        while not _port_open(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"RabbitMQ node {self.name} did not start:\n{_tail(self.log)}")
-            time.sleep(0.3)
+        # Up, or dead early: either way no need to wait any longer.
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: _port_open(self.port) or self.process.poll() is not None, timeout=90)
+        if not _port_open(self.port):
+            raise RuntimeError(f"RabbitMQ node {self.name} did not start:\n{_tail(self.log)}")
         return self
 
     def _groups(self) -> set[int]:
@@ -217,9 +217,8 @@ class RabbitNode:
     def stop(self, *, timeout: float = 30) -> None:
         """SIGTERM the node (SIGKILL after ``timeout`` s); returns once its port is closed."""
         self._signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _port_open(self.port) and time.monotonic() < deadline:
-            time.sleep(0.3)
+        with contextlib.suppress(AssertionError):  # still up after the timeout: killed below
+            wait_for(lambda: not _port_open(self.port), timeout=timeout)
         self.kill()
 
     def kill(self) -> None:
