@@ -205,15 +205,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def gunicorn(
-    env: dict[str, str], *, workers: int = 2, threads: int = 1, log: Path | None = None
+    env: dict[str, str],
+    *,
+    workers: int = 2,
+    threads: int = 1,
+    log: Path | None = None,
+    app: str = "config.wsgi",
 ) -> Iterator[str]:
-    """Serve the shop under gunicorn; yields the base URL. Its output (the shop's log records
-    too) goes to ``log`` if given, else to this process's."""
+    """Serve the shop (or another WSGI ``app``) under gunicorn; yields the base URL. Its output
+    (the shop's log records too) goes to ``log`` if given, else to this process's."""
     port = free_port()
     with open(log or os.devnull, "w") as out:
         process = subprocess.Popen(
             [
-                PYTHON, "-m", "gunicorn", "config.wsgi",
+                PYTHON, "-m", "gunicorn", app,
                 "--bind", f"127.0.0.1:{port}",
                 "--workers", str(workers),
                 "--threads", str(threads),
@@ -240,6 +245,20 @@ def gunicorn(
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def minimal_gunicorn(
+    env: dict[str, str], *, workers: int = 2, threads: int = 1
+) -> contextlib.AbstractContextManager[str]:
+    """The baseline of every HTTP benchmark: ``bench.minimal_site`` (a minimal Django view,
+    Security and Common middleware only) under gunicorn with the given worker model; yields its
+    base URL, whose ``/healthz`` is that view."""
+    return gunicorn(
+        {**env, "DJANGO_SETTINGS_MODULE": "bench.minimal_site"},
+        workers=workers,
+        threads=threads,
+        app="bench.minimal_site",
+    )
 
 
 @contextlib.contextmanager
