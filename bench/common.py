@@ -2,7 +2,8 @@
 gunicorn, and a load generator (wrk when installed, a Python fallback otherwise).
 
 Benchmarks use their own databases (``shop_bench*``) and Redis database 14, so they never
-touch development or test data.
+touch development or test data (``BENCH_DATABASE``, ``BENCH_REDIS_URL`` and ``BENCH_BROKER_URL``
+move them).
 """
 
 from __future__ import annotations
@@ -33,17 +34,20 @@ PASSWORD = "benchpass"  # of the bench-only buyers in the bench databases
 RESULTS = ROOT / "bench" / "results"
 WARMUP_SECONDS = 2  # every scenario is driven this long, unmeasured, before its timed run
 
+# Where the benchmarks keep their data. BENCH_DATABASE (a name prefix), BENCH_REDIS_URL and
+# BENCH_BROKER_URL move them, e.g. so two benchmark runs on one machine stay apart.
+_DB = os.environ.get("BENCH_DATABASE", "shop_bench")
 BENCH_ENV = {
     "DJANGO_SETTINGS_MODULE": "config.settings.base",
     "DEBUG": "false",
     "ALLOWED_HOSTS": "127.0.0.1,localhost",
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/shop_bench",
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{_DB}",
     "ORDER_SHARD_URLS": (
-        "postgres://postgres@127.0.0.1:5432/shop_bench_orders_0,"
-        "postgres://postgres@127.0.0.1:5432/shop_bench_orders_1"
+        f"postgres://postgres@127.0.0.1:5432/{_DB}_orders_0,"
+        f"postgres://postgres@127.0.0.1:5432/{_DB}_orders_1"
     ),
-    "REDIS_URL": "redis://127.0.0.1:6379/14",
-    "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    "CELERY_BROKER_URL": os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     "LOG_LEVEL": "WARNING",
 }
 
