@@ -227,9 +227,11 @@ def _order_write(
         lines_queryset = OrderLine.objects.using(alias).filter(order=order)
         lines_queryset._result_cache = order_lines
         lines_queryset._prefetch_done = True
+        # A new order has no payments and no refund requests: no query for those either.
         order._prefetched_objects_cache = {
             "lines": lines_queryset,
             "payments": order.payments.none(),
+            "refund_requests": order.refund_requests.none(),
         }
         _event(order, "created", "", S.PENDING_PAYMENT, actor=user_actor(user_id))
         outbox_enqueue(
