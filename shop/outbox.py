@@ -287,7 +287,10 @@ class _BackgroundPublisher:
         database about to be dropped, e.g. at the end of a test session)."""
         if self._pid != os.getpid():
             return True
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return False
         return self.drain(timeout)
 
     def _run(self, jobs: queue.Queue[tuple[str, OutboxMessage] | None]) -> None:
@@ -301,17 +304,17 @@ class _BackgroundPublisher:
                 connections.close_all()
                 jobs.task_done()
                 continue
-            batch = [first]
+            batch, close = [first], False
             while len(batch) < self.BATCH:
                 try:
-                    batch.append(jobs.get_nowait())
+                    job = jobs.get_nowait()
                 except queue.Empty:
                     break
-                if batch[-1] is None:
-                    batch.pop()
-                    jobs.put(None)  # handled once this batch is done
+                if job is None:  # close_connections(), once this batch is done
                     jobs.task_done()
+                    close = True
                     break
+                batch.append(job)
             try:
                 self._publish_batch(batch)
             except Exception:
@@ -319,6 +322,8 @@ class _BackgroundPublisher:
                 logger.exception("outbox: background publish failed; the relay will retry")
                 connections.close_all()
             finally:
+                if close:
+                    connections.close_all()
                 for _ in batch:
                     jobs.task_done()
 
