@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 
 import pytest
 from django.db import connections, transaction
 
+from shop import outbox
 from shop.models import OutboxMessage, ProcessedMessage
 from shop.outbox import background, broker_health, outbox_enqueue, outbox_relay
 from shop.sharding import order_shard_aliases, shard_for_user
@@ -119,4 +122,45 @@ def test_concurrent_relays_publish_each_message_once(buyer):
     assert sum(published) == 120
     assert set(OutboxMessage.objects.using(alias).values_list("attempts", flat=True)) == {1}
     assert queue_depth("notifications") == 120
+    purge_queues()
+
+
+@pytest.mark.needs_broker
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases=ALL, transaction=True)
+def test_messages_the_background_publisher_never_sent_are_published_by_the_relay(
+    buyer, monkeypatch
+):
+    """The fast path's queue is bounded and lives in memory: a message refused by a full queue,
+    or queued in a process that died before its publisher sent it, still goes out once."""
+    purge_queues()
+    # Given a process whose background publisher holds 2 messages at most and never runs
+    # (its process died before publishing them)
+    dead = outbox._BackgroundPublisher()
+    dead._pid, dead._queue = os.getpid(), queue.Queue(maxsize=2)
+    monkeypatch.setattr(outbox, "background", dead)
+    alias = shard_for_user(buyer.id)
+
+    # When three messages commit there
+    with transaction.atomic(using=alias):
+        for i in range(3):
+            outbox_enqueue(
+                using=alias,
+                user_id=buyer.id,
+                task="apps.orders.tasks.order_placed_notify",
+                kwargs={"order_id": str(i)},
+                queue="notifications",
+            )
+
+    # Then two wait in its memory, the third was refused, and none is published yet
+    assert dead._queue.qsize() == 2
+    waiting = OutboxMessage.objects.using(alias).filter(published_at__isnull=True)
+    assert waiting.count() == 3
+    assert queue_depth("notifications") == 0
+
+    # When the relay runs, all three go out, once each
+    assert outbox_relay() == 3
+    assert not waiting.exists()
+    assert queue_depth("notifications") == 3
+    assert outbox_relay() == 0
     purge_queues()
