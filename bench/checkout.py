@@ -46,6 +46,7 @@ from bench.common import (
     load,
     lua_list,
     manage,
+    minimal_gunicorn,
     print_table,
     save,
     threaded_load,
@@ -337,8 +338,19 @@ def main() -> None:
                      **load_args)
             )  # fmt: skip
 
+    # For reference: what the same worker model serves when a request does (almost) nothing.
+    print("  will load: minimal Django view", flush=True)
+    with minimal_gunicorn(env, workers=2) as base:
+        minimal = load("minimal Django view (reference)", base + "/healthz", **load_args)
+
     print_table(
-        [(raw[0], raw[0]), (http[0], raw[0]), (raw[1], raw[1]), (http[1], raw[1])],
+        [
+            (raw[0], raw[0]),
+            (http[0], raw[0]),
+            (raw[1], raw[1]),
+            (http[1], raw[1]),
+            (minimal, raw[0]),
+        ],
         rate_label="checkouts/s",
         ratio_label="x raw",
     )
@@ -349,8 +361,15 @@ def main() -> None:
         f"{http[1].rps / raw[1].rps:.2f}x (one hot SKU); {args.connections} connections, "
         f"{args.seconds} s each, gunicorn 2 workers x 1 thread, load tool {http[0].tool}"
     )
+    print(
+        f"minimal Django view (same worker model): {minimal.rps:.0f} req/s; HTTP checkout = "
+        f"{http[0].rps / minimal.rps:.2f}x of it (spread), {http[1].rps / minimal.rps:.2f}x (hot)"
+    )
     print(f"command: {command}")
-    path = save("checkout", {"raw": raw, "http": http, "args": vars(args), "command": command})
+    path = save(
+        "checkout",
+        {"raw": raw, "http": http, "minimal": minimal, "args": vars(args), "command": command},
+    )
     print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     held = audit(env)
     print(f"wall time: {time.monotonic() - began:.0f} s")

@@ -18,6 +18,7 @@ from django.core.cache import cache
 
 from shop.cache import cache_health_reset
 from shop.logs import log_context_clear
+from shop.outbox import background
 from shop.ratelimit import ratelimit_local_reset
 from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
@@ -102,6 +103,22 @@ def _fresh_cache() -> None:
     breakers_local_reset()
     yield
     cache_health_reset()
+
+
+@pytest.fixture(autouse=True)
+def _outbox_publisher_settled() -> None:
+    """A test's committed outbox messages are published (or left to the relay) before the next
+    test starts, so no late publish lands in another test's queues."""
+    yield
+    background.drain()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _outbox_publisher_connections_closed() -> None:
+    """The background publisher's own database connections are closed before the test
+    databases are dropped."""
+    yield
+    background.close_connections()
 
 
 @pytest.fixture(autouse=True)

@@ -447,6 +447,13 @@ OUTBOX_PUBLISH_CONNECT_TIMEOUT = env.float("OUTBOX_PUBLISH_CONNECT_TIMEOUT", def
 # failed (a message written into a connection the broker has dropped is never lost silently).
 OUTBOX_PUBLISH_TIMEOUT = env.float("OUTBOX_PUBLISH_TIMEOUT", default=1.0)
 OUTBOX_KEEP_PUBLISHED_DAYS = env.int("OUTBOX_KEEP_PUBLISHED_DAYS", default=7)
+# Committed messages a process's background publisher may hold in memory. At ~1,000
+# checkouts/s a second of broker trouble fits; past it messages wait for the relay (their rows
+# are durable), and a queue that size costs a few MB at most.
+OUTBOX_PUBLISH_QUEUE = env.int("OUTBOX_PUBLISH_QUEUE", default=10_000)
+# The background publisher closes its database connections after this long without work, so
+# an idle process holds no extra connection; under load it keeps them.
+OUTBOX_PUBLISHER_IDLE = env.float("OUTBOX_PUBLISHER_IDLE", default=1.0)
 
 CELERY_BEAT_SCHEDULE = {
     "cache-invalidations-retry": {
