@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import socket
@@ -207,30 +208,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def web_model(env: Mapping[str, str]) -> tuple[int, int]:
+    """(processes, threads per process) that config/gunicorn.py gives the shop under ``env``
+    (WEB_CONCURRENCY, WEB_THREADS and their defaults)."""
+    config = runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
+    return config["web_model"](env)
+
+
+def web_model_text(env: Mapping[str, str]) -> str:
+    """The worker model of ``web_model(env)`` for a report line."""
+    processes, threads = web_model(env)
+    return f"gunicorn {processes} processes x {threads} threads (gthread)"
+
+
 @contextlib.contextmanager
 def gunicorn(
     env: dict[str, str],
     *,
-    workers: int = 2,
-    threads: int = 1,
+    workers: int | None = None,
+    threads: int | None = None,
+    worker_class: str | None = None,
     log: Path | None = None,
     app: str = "config.wsgi",
 ) -> Iterator[str]:
-    """Serve the shop (or another WSGI ``app``) under gunicorn; yields the base URL. Its output
-    (the shop's log records too) goes to ``log`` if given, else to this process's."""
+    """Serve the shop (or another WSGI ``app``) under gunicorn as production does (with
+    config/gunicorn.py: its gthread worker model, ``web_model(env)`` processes and threads
+    unless ``workers`` / ``threads`` / ``worker_class`` say otherwise; no access log); yields
+    the base URL. Its
+    output (the shop's log records too) goes to ``log`` if given, else to this process's."""
     port = free_port()
+    default_workers, default_threads = web_model(env)
     with open(log or os.devnull, "w") as out:
         process = subprocess.Popen(
             [
                 PYTHON, "-m", "gunicorn", app,
+                "--config", str(ROOT / "config" / "gunicorn.py"),
                 "--bind", f"127.0.0.1:{port}",
-                "--workers", str(workers),
-                "--threads", str(threads),
+                "--workers", str(workers or default_workers),
+                "--threads", str(threads or default_threads),
+                *(["--worker-class", worker_class] if worker_class else []),
                 "--backlog", "2048",
                 "--log-level", "warning",
             ],
             cwd=ROOT,
-            env=env,
+            env={**env, "WEB_ACCESS_LOG": ""},
             **({"stdout": out, "stderr": subprocess.STDOUT} if log else {}),
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -252,11 +273,12 @@ def gunicorn(
 
 
 def minimal_gunicorn(
-    env: dict[str, str], *, workers: int = 2, threads: int = 1
+    env: dict[str, str], *, workers: int | None = None, threads: int | None = None
 ) -> contextlib.AbstractContextManager[str]:
     """The baseline of every HTTP benchmark: ``bench.minimal_site`` (a minimal Django view,
-    Security and Common middleware only) under gunicorn with the given worker model; yields its
-    base URL, whose ``/healthz`` is that view."""
+    Security and Common middleware only) under gunicorn with the shop's worker model and count
+    (config/gunicorn.py, unless ``workers`` / ``threads`` say otherwise); yields its base URL,
+    whose ``/healthz`` is that view."""
     return gunicorn(
         {**env, "DJANGO_SETTINGS_MODULE": "bench.minimal_site"},
         workers=workers,
