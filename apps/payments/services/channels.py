@@ -1,9 +1,10 @@
 """Talking to card channels, and choosing one.
 
 Every call to a channel goes through :class:`ChannelClient`: the one HTTP client with explicit
-connect/read timeouts (BREAKER_CALL_TIMEOUT), the channel's circuit breaker (shared through
-Redis) and, for calls that are safe to repeat (our payment id is the channel's idempotency
-key), the retry policy. Outcomes feed the channel's live health: a sliding window in Redis.
+connect/read timeouts (BREAKER_CALL_TIMEOUT) on kept-alive connections (``shop.http.pool``, one
+pool per process, thread-safe), the channel's circuit breaker (shared through Redis) and, for
+calls that are safe to repeat (our payment id is the channel's idempotency key), the retry
+policy. Outcomes feed the channel's live health: a sliding window in Redis.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class ChannelClient:
                 body,
                 connect_timeout=settings.CHANNEL_CONNECT_TIMEOUT,
                 read_timeout=settings.BREAKER_CALL_TIMEOUT,
+                keep_alive=True,  # authorize and capture go to the same bank, back to back
             )
         except (HttpTimeout, HttpNoAnswer) as exc:
             self._failed(permit, started)
