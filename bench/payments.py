@@ -46,11 +46,12 @@ acquirer sustains at this concurrency with no shop in between. The card payment'
 says whether the bank (ratio near 1) or the shop's web workers are the limit.
 
     python bench/payments.py [--seconds 15] [--connections 8] [--only card|wallet]
-                             [--threads N] [--worker-class sync]
+                             [--threads N] [--worker-class sync] [--compare-sync]
 
 ``--only`` runs one method's scenarios and their baselines; ``--threads`` and
 ``--worker-class`` override the shop's worker model (e.g. ``--worker-class sync --threads 1``
-for the model before gthread).
+for the model before gthread); ``--compare-sync`` also loads card payments under that old model
+(2 sync workers) in the same run, on an order pool of its own.
 
 ``audit_invariants`` runs at the end and must hold. Unpaid leftover orders stay pending (their
 stock held) until they expire, as in the checkout benchmark.
@@ -777,6 +778,10 @@ def main() -> None:
         "--worker-class", default=None,
         help="gunicorn worker class (default: the shop's, gthread; 'sync' for the old model)",
     )  # fmt: skip
+    parser.add_argument(
+        "--compare-sync", action="store_true",
+        help="card payments also under the model before gthread (2 sync workers), same run",
+    )  # fmt: skip
     args = parser.parse_args()
     command = shlex.join([sys.executable, *sys.argv])
     began = time.monotonic()
@@ -818,6 +823,10 @@ def _run(
         pools[method] = rates[method] * args.seconds
     if "wallet" in methods:
         pools["raw"] = RAW_ORDERS
+    compare_sync = args.compare_sync and "card" in methods
+    if compare_sync:
+        pools["card_sync_warm"] = args.card_rate * WARMUP_SECONDS
+        pools["card_sync"] = args.card_rate * args.seconds
     wallet_orders = pools.get("wallet_warm", 0) + pools.get("wallet", 0)
     spec = {
         "run": run,
@@ -881,6 +890,20 @@ def _run(
                 **load_args,
             )  # fmt: skip
 
+    if compare_sync:
+        print("  will load: HTTP card payment under 2 sync workers", flush=True)
+        with gunicorn(env, workers=2, threads=1, worker_class="sync") as base:
+            http["card_sync"] = load(
+                "HTTP card payment, 2 sync workers", base + "/api/v1/orders/",
+                script=lua_script(tmp, "card_sync", "card", orders["card_sync"]),
+                warmup_script=lua_script(tmp, "card_sync_warm", "card", orders["card_sync_warm"]),
+                make_request=request_factory(
+                    base, "card", _fresh_orders(orders, "card_sync_warm", "card_sync")
+                ),
+                label=payment_label,
+                **load_args,
+            )  # fmt: skip
+
     print("  in-process payment_pay ...", flush=True)
     in_process_spec = {
         "run": run,
@@ -910,8 +933,12 @@ def _run(
             ratio_label="x debit",
         )
     if card:
-        print_table([(direct, direct), (card, direct)], rate_label="payments/s",
-                    ratio_label="x acquirer")  # fmt: skip
+        print_table(
+            [(direct, direct), (card, direct)]
+            + ([(http["card_sync"], direct)] if "card_sync" in http else []),
+            rate_label="payments/s",
+            ratio_label="x acquirer",
+        )
     for result in raw + ([direct] if direct else []) + list(http.values()):
         extra = ""
         if result in http.values():
@@ -949,6 +976,8 @@ def _run(
         )
     slots = processes * threads
     for method, result in http.items():
+        if method == "card_sync":
+            continue
         print(
             f"{method}: {slots} request slots ({worker_model}) / rate = "
             f"{1000 * slots / result.rps:.0f} ms per payment and slot; in process, without HTTP "
