@@ -350,11 +350,17 @@ def _ms(text: str) -> float:
 
 
 def _wrk(
-    name: str, url: str, seconds: int, connections: int, script: Path | None = None
+    name: str,
+    url: str,
+    seconds: int,
+    connections: int,
+    script: Path | None = None,
+    timeout: float | None = None,
 ) -> LoadResult:
     scripted = ["-s", str(script)] if script else []
+    timed = ["--timeout", f"{timeout}s"] if timeout else []  # wrk's default: 2 s
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *timed, *scripted, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return wrk_parse(name, url, seconds, out)
@@ -468,6 +474,7 @@ def load(
     warmup_script: Path | None = None,
     make_request: Callable[[], urllib.request.Request] | None = None,
     label: Labeller = status_label,
+    timeout: float | None = None,
 ) -> LoadResult:
     """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed.
 
@@ -475,12 +482,14 @@ def load(
     ``make_request`` (what the Python fallback sends instead, one new request per call).
     ``warmup_script`` replaces ``script`` during the warm-up (e.g. to consume other
     one-shot resources than the timed run); ``label(status, body, headers)`` names the
-    fallback's answers (the Lua script's ``response()`` does that under wrk).
+    fallback's answers (the Lua script's ``response()`` does that under wrk). ``timeout``
+    (seconds): an answer slower than this counts as a socket error and is left out of the
+    latencies (wrk's default 2 s; the Python fallback waits 10 s).
     """
     if shutil.which("wrk"):
         # warm-up: connections, caches, lazy imports
-        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script)
-        return _wrk(name, url, seconds, connections, script)
+        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script, timeout)
+        return _wrk(name, url, seconds, connections, script, timeout)
     if script is not None and make_request is None:
         raise SystemExit(f"{name}: wrk is not installed and no Python fallback was given")
     _python_load(name, url, WARMUP_SECONDS, connections, make_request, label)

@@ -112,6 +112,9 @@ RAW_ORDERS = 200  # pending orders whose rows baseline (b) updates
 IN_PROCESS_BUYERS = 8
 METHODS = ("wallet", "card")
 PAYMENTS_API = "/api/v1/orders/{order_id}/payments/"
+# wrk's timeout for a payment answer: slower ones count as errors and leave the latencies, and
+# a payment under load can take longer than wrk's default 2 s (the bank alone is 80 ms+).
+HTTP_TIMEOUT = 10
 
 
 def _shell(function: str, *args: object) -> str:
@@ -887,6 +890,7 @@ def _run(
                     base, method, _fresh_orders(orders, f"{method}_warm", method)
                 ),
                 label=payment_label,
+                timeout=HTTP_TIMEOUT,
                 **load_args,
             )  # fmt: skip
 
@@ -901,6 +905,7 @@ def _run(
                     base, "card", _fresh_orders(orders, "card_sync_warm", "card_sync")
                 ),
                 label=payment_label,
+                timeout=HTTP_TIMEOUT,
                 **load_args,
             )  # fmt: skip
 
