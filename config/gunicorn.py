@@ -39,8 +39,8 @@ access_log_format = (
     '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms '
     "request_id=%({x-request-id}o)s"
 )
-# A request slower than this is a bug or a stuck dependency; every outbound call has its own,
-# shorter timeout.
+# A worker process silent this long is killed and replaced. Under gthread that is a process
+# stuck as a whole, not one slow request (docs/web-workers.md).
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), so a
 # second instance on the host collides with the first. Off unless this instance names its own.

@@ -22,7 +22,12 @@ from apps.payments.models import (
     Transfer,
 )
 from apps.payments.services import payment_pay, tcc_recover
-from apps.payments.services.channels import breaker_for, channels_rank, health_for
+from apps.payments.services.channels import (
+    breaker_for,
+    channels_rank,
+    health_for,
+    health_snapshot,
+)
 from shop import http as shop_http
 from shop.sharding import shard_for_id
 from tests.factories.catalog import product_with_skus
@@ -242,3 +247,50 @@ def test_a_lower_success_rate_ranks_a_channel_lower(channels, settings):
     ].channel.code == "beta"
     assert ranked[-1].channel.code == "alpha"
     assert "success 0%" in ranked[-1].reason(3, 3)
+
+
+def _first_channel(_: int) -> str:
+    """The best channel, ranked in a thread of its own (its own database connection)."""
+    try:
+        return channels_rank(method="card", amount=3000)[0].channel.code
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases=ALL, transaction=True)
+def test_routing_reuses_a_process_read_of_channel_health_for_its_ttl(
+    channels, settings, monkeypatch
+):
+    from shop.window import SlidingWindow
+
+    settings.CHANNEL_HEALTH_CACHE_TTL = 3600
+    health_snapshot.forget()
+    reads = []
+    real_read = SlidingWindow.read
+
+    def counted_read(window):
+        reads.append(window.name)
+        return real_read(window)
+
+    monkeypatch.setattr(SlidingWindow, "read", counted_read)
+    try:
+        # Given a first ranking (alpha healthy and fastest), read once per channel
+        assert channels_rank(method="card", amount=3000)[0].channel.code == "alpha"
+        channels_read = len(reads)
+        assert channels_read == len(
+            {c.channel.code for c in channels_rank(method="card", amount=3000)}
+        )
+        # When alpha starts failing, threads ranking within the TTL use this process's read
+        for _ in range(10):
+            health_for("alpha").record(ok=False, latency_ms=40)
+        with ThreadPoolExecutor(max_workers=8) as executor:
+            firsts = list(executor.map(_first_channel, range(32)))
+        assert firsts == ["alpha"] * 32
+        assert len(reads) == channels_read
+        # Then, once the read is forgotten (or the TTL passed), the failures count
+        health_snapshot.forget()
+        assert channels_rank(method="card", amount=3000)[-1].channel.code == "alpha"
+        assert len(reads) == 2 * channels_read
+    finally:
+        health_snapshot.forget()
