@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 
 DEFAULT_WEB_CONCURRENCY = 2  # processes: about one per core
-DEFAULT_WEB_THREADS = 4  # threads per process (docs/web-workers.md)
+DEFAULT_WEB_THREADS = 8  # threads per process (docs/web-workers.md)
 
 
 def web_model(environ: Mapping[str, str]) -> tuple[int, int]:
