@@ -1,6 +1,6 @@
 """Catalog read benchmark (issue: foundation).
 
-Under gunicorn (2 sync workers, services profile, cache preheated): requests/s and p50/p99 for
+Under gunicorn (config/gunicorn.py, services profile, cache preheated): requests/s and p50/p99 for
 the product detail and product list pages (and their API twins), each as a ratio to a trivial
 view (/healthz) served by the same gunicorn in the same run.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_env, gunicorn, load, manage, print_table, save
+from bench.common import bench_env, gunicorn, load, manage, print_table, save, web_model_text
 
 
 def _announce(targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--products", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="gunicorn threads per worker (default: the shop's, config/gunicorn.py)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     env = bench_env()
@@ -53,7 +56,7 @@ def main() -> None:
         .splitlines()[-1]
     )
 
-    with gunicorn(env, workers=2, threads=args.threads) as base:
+    with gunicorn(env, threads=args.threads) as base:
         targets = [
             ("trivial view (/healthz)", "/healthz"),
             ("product detail page", f"/products/{product['id']}/{product['slug']}/"),
@@ -69,7 +72,7 @@ def main() -> None:
     # The same pages rendered per request from the cached product documents: what the
     # document cache alone gives when the shared page cache cannot be used (logged-in
     # buyers, or PAGE_CACHE_PATHS emptied).
-    with gunicorn(bench_env(PAGE_CACHE_PATHS=""), workers=2, threads=args.threads) as base:
+    with gunicorn(bench_env(PAGE_CACHE_PATHS=""), threads=args.threads) as base:
         without = [
             load(f"{name} (no page cache)", base + path, seconds=args.seconds,
                  connections=args.connections)
@@ -82,8 +85,9 @@ def main() -> None:
     ratio = with_page_cache[1].rps / with_page_cache[0].rps
     print(
         f"\ncached product detail page = {ratio:.2f}x the trivial view (target >= 0.60x); "
-        f"{args.connections} connections, {args.seconds} s each, gunicorn 2 workers x "
-        f"{args.threads} thread(s), load tool {with_page_cache[0].tool}"
+        f"{args.connections} connections, {args.seconds} s each, "
+        f"{web_model_text({**env, **({'WEB_THREADS': str(args.threads)} if args.threads else {})})}"
+        f", load tool {with_page_cache[0].tool}"
     )
     results = with_page_cache + without
     path = save("catalog_read", {"results": results, "args": vars(args)})

@@ -1,6 +1,6 @@
 """Checkout benchmark (issue: checkout).
 
-Under gunicorn (2 sync workers, services profile, outbox publishing to RabbitMQ on): checkouts/s
+Under gunicorn (config/gunicorn.py, services profile, outbox publishing to RabbitMQ on): checkouts/s
 and p50/p99 of ``POST /api/v1/orders/`` (one line, quantity 1, a fresh Idempotency-Key each
 time, a random one of 400 buyers) for (a) a random one of 200 SKUs and (b) one hot SKU. Each is
 compared with a raw psycopg baseline measured in the same run on the same PostgreSQL with the
@@ -50,6 +50,7 @@ from bench.common import (
     print_table,
     save,
     threaded_load,
+    web_model_text,
 )
 
 SPREAD_UNITS = 1_000_000  # per spread SKU: far more than a run can sell
@@ -359,7 +360,7 @@ def main() -> None:
     print(
         f"\nHTTP checkout = {http[0].rps / raw[0].rps:.2f}x raw SQL (spread SKUs), "
         f"{http[1].rps / raw[1].rps:.2f}x (one hot SKU); {args.connections} connections, "
-        f"{args.seconds} s each, gunicorn 2 workers x 1 thread, load tool {http[0].tool}"
+        f"{args.seconds} s each, {web_model_text(env)}, load tool {http[0].tool}"
     )
     print(
         f"minimal Django view (same worker model): {minimal.rps:.0f} req/s; HTTP checkout = "

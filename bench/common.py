@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import socket
@@ -207,30 +208,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def web_model(env: Mapping[str, str]) -> tuple[int, int]:
+    """(processes, threads per process) that config/gunicorn.py gives the shop under ``env``
+    (WEB_CONCURRENCY, WEB_THREADS and their defaults)."""
+    config = runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
+    return config["web_model"](env)
+
+
+def web_model_text(env: Mapping[str, str]) -> str:
+    """The worker model of ``web_model(env)`` for a report line."""
+    processes, threads = web_model(env)
+    return f"gunicorn {processes} processes x {threads} threads (gthread)"
+
+
 @contextlib.contextmanager
 def gunicorn(
     env: dict[str, str],
     *,
-    workers: int = 2,
-    threads: int = 1,
+    workers: int | None = None,
+    threads: int | None = None,
+    worker_class: str | None = None,
     log: Path | None = None,
     app: str = "config.wsgi",
 ) -> Iterator[str]:
-    """Serve the shop (or another WSGI ``app``) under gunicorn; yields the base URL. Its output
-    (the shop's log records too) goes to ``log`` if given, else to this process's."""
+    """Serve the shop (or another WSGI ``app``) under gunicorn as production does (with
+    config/gunicorn.py: its gthread worker model, ``web_model(env)`` processes and threads
+    unless ``workers`` / ``threads`` / ``worker_class`` say otherwise; no access log); yields
+    the base URL. Its
+    output (the shop's log records too) goes to ``log`` if given, else to this process's."""
     port = free_port()
+    default_workers, default_threads = web_model(env)
     with open(log or os.devnull, "w") as out:
         process = subprocess.Popen(
             [
                 PYTHON, "-m", "gunicorn", app,
+                "--config", str(ROOT / "config" / "gunicorn.py"),
                 "--bind", f"127.0.0.1:{port}",
-                "--workers", str(workers),
-                "--threads", str(threads),
+                "--workers", str(workers or default_workers),
+                "--threads", str(threads or default_threads),
+                *(["--worker-class", worker_class] if worker_class else []),
                 "--backlog", "2048",
                 "--log-level", "warning",
             ],
             cwd=ROOT,
-            env=env,
+            env={**env, "WEB_ACCESS_LOG": ""},
             **({"stdout": out, "stderr": subprocess.STDOUT} if log else {}),
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -252,11 +273,12 @@ def gunicorn(
 
 
 def minimal_gunicorn(
-    env: dict[str, str], *, workers: int = 2, threads: int = 1
+    env: dict[str, str], *, workers: int | None = None, threads: int | None = None
 ) -> contextlib.AbstractContextManager[str]:
     """The baseline of every HTTP benchmark: ``bench.minimal_site`` (a minimal Django view,
-    Security and Common middleware only) under gunicorn with the given worker model; yields its
-    base URL, whose ``/healthz`` is that view."""
+    Security and Common middleware only) under gunicorn with the shop's worker model and count
+    (config/gunicorn.py, unless ``workers`` / ``threads`` say otherwise); yields its base URL,
+    whose ``/healthz`` is that view."""
     return gunicorn(
         {**env, "DJANGO_SETTINGS_MODULE": "bench.minimal_site"},
         workers=workers,
@@ -328,11 +350,17 @@ def _ms(text: str) -> float:
 
 
 def _wrk(
-    name: str, url: str, seconds: int, connections: int, script: Path | None = None
+    name: str,
+    url: str,
+    seconds: int,
+    connections: int,
+    script: Path | None = None,
+    timeout: float | None = None,
 ) -> LoadResult:
     scripted = ["-s", str(script)] if script else []
+    timed = ["--timeout", f"{timeout}s"] if timeout else []  # wrk's default: 2 s
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *timed, *scripted, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return wrk_parse(name, url, seconds, out)
@@ -446,6 +474,7 @@ def load(
     warmup_script: Path | None = None,
     make_request: Callable[[], urllib.request.Request] | None = None,
     label: Labeller = status_label,
+    timeout: float | None = None,
 ) -> LoadResult:
     """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed.
 
@@ -453,12 +482,14 @@ def load(
     ``make_request`` (what the Python fallback sends instead, one new request per call).
     ``warmup_script`` replaces ``script`` during the warm-up (e.g. to consume other
     one-shot resources than the timed run); ``label(status, body, headers)`` names the
-    fallback's answers (the Lua script's ``response()`` does that under wrk).
+    fallback's answers (the Lua script's ``response()`` does that under wrk). ``timeout``
+    (seconds): an answer slower than this counts as a socket error and is left out of the
+    latencies (wrk's default 2 s; the Python fallback waits 10 s).
     """
     if shutil.which("wrk"):
         # warm-up: connections, caches, lazy imports
-        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script)
-        return _wrk(name, url, seconds, connections, script)
+        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script, timeout)
+        return _wrk(name, url, seconds, connections, script, timeout)
     if script is not None and make_request is None:
         raise SystemExit(f"{name}: wrk is not installed and no Python fallback was given")
     _python_load(name, url, WARMUP_SECONDS, connections, make_request, label)

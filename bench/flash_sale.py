@@ -1,6 +1,6 @@
 """Flash-sale benchmark (issue: flash sale).
 
-Under gunicorn (2 sync workers, services profile, outbox publishing to RabbitMQ on) with a real
+Under gunicorn (config/gunicorn.py, services profile, outbox publishing to RabbitMQ on) with a real
 Celery worker beside it (``celery -A config worker`` on the Procfile's queues, concurrency 2):
 one SKU with 1,000 units on flash sale (``start_flash_sale --stock 1000 --per-user-limit 2``)
 and 20,000 purchase attempts from 2,000 buyers -- ``POST /api/v1/orders/``, one line of
@@ -77,6 +77,7 @@ from bench.common import (
     save,
     shell_json,
     status_label,
+    web_model_text,
 )
 
 WARM_ATTEMPTS = 200  # checkouts of the warm-up SKU before anything is measured
@@ -732,7 +733,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
     print(
         f"\n{'CORRECT' if not failures else 'FAILED: ' + '; '.join(failures)}: "
         f"{verified['flash']['live_lines']} flash orders, oversell {verified['flash']['oversell']};"
-        f" {args.connections} connections, gunicorn 2 workers x 1 thread, 1 celery worker "
+        f" {args.connections} connections, {web_model_text(env)}, 1 celery worker "
         f"(concurrency 2), load tool {flash.tool}"
     )
     return {

@@ -317,6 +317,10 @@ ACQUIRER_WEBHOOK_SECRET = env("ACQUIRER_WEBHOOK_SECRET", default="sandbox-webhoo
 WEBHOOK_TOLERANCE_SECONDS = env.int("WEBHOOK_TOLERANCE_SECONDS", default=300)
 # Outbound calls to a channel: connect fast, and give up reading after the call timeout.
 CHANNEL_CONNECT_TIMEOUT = env.float("CHANNEL_CONNECT_TIMEOUT", default=1.0)
+# Seconds a web process reuses the channels' live health (a 300 s window in Redis) when it
+# ranks channels for a card payment, instead of reading it for every payment. Ranking is
+# advisory (the breaker decides at call time), and a second is nothing to a 300 s window.
+CHANNEL_HEALTH_CACHE_TTL = env.float("CHANNEL_HEALTH_CACHE_TTL", default=1.0)
 # Circuit breaker per channel (state shared through Redis). Defaults from the seed design:
 # open after 5 failures, call timeout 3 s, try again (half-open) after 30 s.
 BREAKER_FAILURE_THRESHOLD = env.int("BREAKER_FAILURE_THRESHOLD", default=5)
