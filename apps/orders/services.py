@@ -262,11 +262,12 @@ def _locked(order: Order) -> Order:
     return Order.objects.using(order._state.db).select_for_update().get(id=order.id)
 
 
-def order_payment_start(*, order: Order) -> Order:
+def order_payment_start(*, order: Order, locked: bool = False) -> Order:
     """A payment begins (inside the caller's transaction on the order's shard): the order must
     be unpaid and not expired; it then can neither expire nor be cancelled until
-    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState."""
-    locked = _locked(order)
+    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState.
+    ``locked``: the caller already holds the row's lock (:func:`order_lock`)."""
+    locked = order if locked else _locked(order)
     if locked.status != S.PENDING_PAYMENT:
         raise InvalidOrderState(
             f"An order that is {locked.status.replace('_', ' ')} cannot be paid.",
@@ -484,7 +485,9 @@ def order_mark_paid(
     """
     order = _order_for_update(order_id)
     alias = order._state.db
-    with transaction.atomic(using=alias):
+    # No savepoint when the caller's transaction is open (the payment's confirm): any error
+    # here rolls that whole transaction back anyway.
+    with transaction.atomic(using=alias, savepoint=False):
         _transition(
             order,
             S.PAID,
