@@ -213,14 +213,15 @@ def test_a_payment_request_failing_after_it_started_the_payment_is_resumed_by_it
 
     from apps.payments.services import coordinator
 
-    def lost(tcc, payment):
+    def lost(payment):
         raise OperationalError("the default database went away")
 
-    # Given a request that started the payment, then failed before it could finish it
+    # Given a request that started the payment (the order's try committed), then failed
+    # before its next step, the wallet's transaction, could run
     path, key = f"/api/v1/orders/{order.id}/payments/", new_key()
     client = api_client(shopper)
     with monkeypatch.context() as patch:
-        patch.setattr(coordinator, "_pay_with_wallet", lost)
+        patch.setattr(coordinator, "_wallet_pay_and_decide", lost)
         failed = client.post(path, {"method": "wallet"}, format="json", HTTP_IDEMPOTENCY_KEY=key)
     assert failed.status_code == 503
     (started,) = Payment.objects.using(shard_for_id(order.id)).filter(order_id=order.id)
