@@ -475,15 +475,18 @@ def order_mark_paid(
     reason: str = "payment captured",
     in_transaction: Callable[[Order], None] | None = None,
     commit_stock: bool = True,
+    known: Order | None = None,
 ) -> Order:
     """An unpaid order is paid: commit its stock and queue its processing (outbox).
 
     Raises InvalidOrderState unless it is `pending_payment`. ``in_transaction(order)`` runs in
     the same shard transaction (the payment's confirm records itself there). The stock is
     committed right after (``commit_stock=False``: the caller commits it after its own shard
-    transaction); if that fails the expiry sweep commits it (never releases it).
+    transaction); if that fails the expiry sweep commits it (never releases it). ``known``:
+    the order as the caller last read it, which saves reading it again (its status is checked
+    by the conditional UPDATE all the same).
     """
-    order = _order_for_update(order_id)
+    order = known if known is not None and known.id == order_id else _order_for_update(order_id)
     alias = order._state.db
     # No savepoint when the caller's transaction is open (the payment's confirm): any error
     # here rolls that whole transaction back anyway.

@@ -664,6 +664,8 @@ def _confirm_order(
             reason=f"payment {payment.id} captured",
             commit_stock=False,
             in_transaction=settled,
+            # The live request's own order row (from its try): not read again.
+            known=payment.order if Payment.order.is_cached(payment) else None,
         )
 
     fence_confirm(using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id, effect=effect)
