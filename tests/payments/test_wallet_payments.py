@@ -234,3 +234,33 @@ def test_a_payment_request_failing_after_it_started_the_payment_is_resumed_by_it
     payments = Payment.objects.using(shard_for_id(order.id)).filter(order_id=order.id)
     assert list(payments.values_list("id", flat=True)) == [started.id]
     assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_a_declined_wallet_payment_is_cancelled_and_its_wallet_branch_fenced(shopper, order):
+    from apps.orders import services as orders
+    from apps.payments.models import TccBranch
+    from apps.payments.services import coordinator
+    from shop.models import TccFence
+    from tests.factories.users import UserFactory
+
+    broke = UserFactory(username="broke")  # no wallet at all
+    sku = order.lines.get().sku_code
+    order = orders.order_place(user_id=broke.id, items=[{"sku": sku, "quantity": 1}])
+    payment = payment_pay(order_id=order.id, user_id=broke.id, method="wallet")
+
+    assert (payment.status, payment.failure_code) == ("failed", "insufficient_funds")
+    tcc = TccTransaction.objects.get(payment_id=payment.id)
+    assert tcc.status == "cancelled"
+    assert dict(TccBranch.objects.filter(transaction=tcc).values_list("branch", "status")) == {
+        "order": "cancelled",
+        "wallet": "cancelled",
+    }
+    # nothing was frozen and nothing may be: the wallet's fence is `suspended`, so the wallet
+    # step run late (a slow duplicate) is refused
+    assert TccFence.objects.get(xid=tcc.xid, branch="wallet").status == "suspended"
+    with pytest.raises(coordinator._AlreadyDecided):
+        coordinator._wallet_pay_and_decide(payment)
+    assert not Transfer.objects.filter(reference=tcc.xid).exists()
+    assert _order(order).payment_started_at is None
+    assert_invariants_hold()
