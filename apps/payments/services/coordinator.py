@@ -8,7 +8,9 @@ Branches (each with a fence in its own database, see ``shop.tcc``):
   processing queued through the outbox), then its stock committed. cancel: payment `failed`,
   the order payable again (its stock stays reserved until it expires).
 * ``wallet`` (`default`) — try: freeze the amount; confirm: pay the merchant from the frozen
-  money; cancel: unfreeze.
+  money; cancel: unfreeze. A wallet payment's wallet is its last branch, so its try, the
+  decision and its confirm are one local transaction (see "Wallet" below and
+  docs/payments.md); a cancel (insufficient funds, an abandoned payment) finds nothing frozen.
 * ``channel:<code>`` (remote, fenced on `default`) — try: authorize at the bank (our payment id
   is its idempotency key); confirm: capture, then post the card capture to the ledger; cancel:
   void.
