@@ -7,7 +7,8 @@ acquirer as a separate process): payments/s and p50/p99 of
 token) for
 
 * wallet payments (``{"method": "wallet"}``): the TCC coordinator with the order branch on the
-  buyer's shard and the wallet branch on ``default`` (freeze, then capture to the merchant);
+  buyer's shard and the wallet branch on ``default`` (freeze and capture to the merchant in one
+  transaction with the decision; docs/payments.md has the layout);
 * card payments (``{"method": "card"}``): routed to the sandbox acquirer's best channel (alpha,
   which simulates 40 ms per call; a payment makes an authorize and a capture call, so at least
   80 ms of every card payment is the simulated bank -- reported, not subtracted).

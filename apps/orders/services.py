@@ -329,11 +329,12 @@ def _locked(order: Order) -> Order:
     return Order.objects.using(order._state.db).select_for_update().get(id=order.id)
 
 
-def order_payment_start(*, order: Order) -> Order:
+def order_payment_start(*, order: Order, locked: bool = False) -> Order:
     """A payment begins (inside the caller's transaction on the order's shard): the order must
     be unpaid and not expired; it then can neither expire nor be cancelled until
-    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState."""
-    locked = _locked(order)
+    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState.
+    ``locked``: the caller already holds the row's lock (:func:`order_lock`)."""
+    locked = order if locked else _locked(order)
     if locked.status != S.PENDING_PAYMENT:
         raise InvalidOrderState(
             f"An order that is {locked.status.replace('_', ' ')} cannot be paid.",
@@ -541,17 +542,22 @@ def order_mark_paid(
     reason: str = "payment captured",
     in_transaction: Callable[[Order], None] | None = None,
     commit_stock: bool = True,
+    known: Order | None = None,
 ) -> Order:
     """An unpaid order is paid: commit its stock and queue its processing (outbox).
 
     Raises InvalidOrderState unless it is `pending_payment`. ``in_transaction(order)`` runs in
     the same shard transaction (the payment's confirm records itself there). The stock is
     committed right after (``commit_stock=False``: the caller commits it after its own shard
-    transaction); if that fails the expiry sweep commits it (never releases it).
+    transaction); if that fails the expiry sweep commits it (never releases it). ``known``:
+    the order as the caller last read it, which saves reading it again (its status is checked
+    by the conditional UPDATE all the same).
     """
-    order = _order_for_update(order_id)
+    order = known if known is not None and known.id == order_id else _order_for_update(order_id)
     alias = order._state.db
-    with transaction.atomic(using=alias):
+    # No savepoint when the caller's transaction is open (the payment's confirm): any error
+    # here rolls that whole transaction back anyway.
+    with transaction.atomic(using=alias, savepoint=False):
         _transition(
             order,
             S.PAID,
