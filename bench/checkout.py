@@ -48,6 +48,8 @@ from bench.common import (
     manage,
     print_table,
     save,
+    summary_row,
+    summary_rows,
     threaded_load,
 )
 
@@ -352,6 +354,14 @@ def main() -> None:
     print(f"command: {command}")
     path = save("checkout", {"raw": raw, "http": http, "args": vars(args), "command": command})
     print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    summary_rows(
+        [
+            summary_row(f"checkout, {kind}", result, baseline=f"raw SQL, {kind}",
+                        baseline_rps=baseline.rps, target=0.35)
+            for kind, result, baseline in [("spread SKUs", http[0], raw[0]),
+                                           ("one hot SKU", http[1], raw[1])]
+        ]
+    )  # fmt: skip
     held = audit(env)
     print(f"wall time: {time.monotonic() - began:.0f} s")
     if not held:
