@@ -6,12 +6,14 @@ appends through ``bench.common.summary_rows`` and prints one table: scenario, ra
 errors, ratio to its baseline (measured in the same run), the target and whether it is met.
 The table is written to ``bench/results/summary-<UTC date-time>.md`` and ``.json``.
 
-    python bench/all.py [--seconds 15] [--only checkout,payments] [--profile DIR [--tag before]]
+    python bench/all.py [--seconds 15] [--only checkout,payments]
+                        [--profile DIR [--tag before] [--cpu-only]]
 
 ``--profile DIR`` records a py-spy flame graph of one gunicorn worker during each headline
-scenario's timed phase (``DIR/<scenario>-<tag>.svg``); a profiled run is slower, so its table
-is not the measurement. bench/reconcile.py (a batch job, minutes long, no HTTP ratio) is not
-part of it: run ``make bench-reconcile`` on its own.
+scenario's timed phase (``DIR/<scenario>-<tag>.svg``; wall-clock, waits included, unless
+``--cpu-only``); a profiled run is slower, so its table is not the measurement.
+bench/reconcile.py (a batch job, minutes long, no HTTP ratio) is not part of it: run
+``make bench-reconcile`` on its own.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated, of {', '.join(SCRIPTS)}")
     parser.add_argument("--profile", metavar="DIR", help="record py-spy flame graphs into DIR")
     parser.add_argument("--tag", default="", help="suffix of the flame graphs' names")
+    parser.add_argument(
+        "--cpu-only", action="store_true", help="flame graphs of on-CPU samples (no waits)"
+    )
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(SCRIPTS)
     unknown = set(chosen) - set(SCRIPTS)
@@ -105,7 +110,8 @@ def main() -> None:
             env = {**os.environ, "BENCH_SUMMARY": str(summary)}
             if args.profile:
                 env.update(BENCH_PROFILE=str(Path(args.profile).resolve()),
-                           BENCH_PROFILE_TAG=args.tag, BENCH_PROFILE_ONLY=profile_only)  # fmt: skip
+                           BENCH_PROFILE_TAG=args.tag, BENCH_PROFILE_ONLY=profile_only,
+                           BENCH_PROFILE_IDLE="0" if args.cpu_only else "1")  # fmt: skip
             command = [PYTHON, script] + (["--seconds", str(args.seconds)] if args.seconds else [])
             print(f"\n===== {' '.join(command[1:])} =====", flush=True)
             exits[name] = subprocess.run(command, cwd=ROOT, env=env).returncode  # nosec B603

@@ -63,6 +63,7 @@ PROFILE_DIR = os.environ.get("BENCH_PROFILE", "")
 PROFILE_TAG = os.environ.get("BENCH_PROFILE_TAG", "")
 PROFILE_ONLY = os.environ.get("BENCH_PROFILE_ONLY", "")
 PROFILE_RATE = int(os.environ.get("BENCH_PROFILE_RATE", "200"))
+PROFILE_IDLE = os.environ.get("BENCH_PROFILE_IDLE", "1") != "0"  # 0: on-CPU samples only
 _profiled_workers: list[list[int]] = []  # the worker pids of each shop gunicorn now serving
 
 
@@ -290,8 +291,9 @@ def profiled(name: str) -> Iterator[Path | None]:
     """Record a flame graph of the shop's first gunicorn worker while the block runs, when
     BENCH_PROFILE is set (and BENCH_PROFILE_ONLY, if set, matches ``name``); yields the SVG's
     path, or None when nothing is recorded. py-spy samples wall-clock time (``--idle``: waits
-    on PostgreSQL, Redis or the bank count) and pauses the worker at each sample, so a profiled
-    run is slower than a measured one: profile and measure in separate runs."""
+    on PostgreSQL, Redis or the bank count; BENCH_PROFILE_IDLE=0: on-CPU samples only) and
+    pauses the worker at each sample, so a profiled run is slower than a measured one: profile
+    and measure in separate runs."""
     if not (PROFILE_DIR and _profiled_workers and _profiled_workers[-1]):
         yield None
         return
@@ -304,8 +306,8 @@ def profiled(name: str) -> Iterator[Path | None]:
     out.parent.mkdir(parents=True, exist_ok=True)
     worker = _profiled_workers[-1][0]
     process = subprocess.Popen(
-        [spy, "record", "--pid", str(worker), "--rate", str(PROFILE_RATE), "--idle",
-         "--format", "flamegraph", "--output", str(out)],
+        [spy, "record", "--pid", str(worker), "--rate", str(PROFILE_RATE),
+         *(["--idle"] if PROFILE_IDLE else []), "--format", "flamegraph", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
