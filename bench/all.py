@@ -102,7 +102,7 @@ def main() -> None:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    began = time.monotonic()
+    began, measured = time.monotonic(), commit()  # the code the scripts start with
     exits = {}
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
         summary = Path(tmp) / "rows.jsonl"
@@ -122,7 +122,7 @@ def main() -> None:
     took = time.monotonic() - began
     failed = {name: code for name, code in exits.items() if code != 0}
     head = (
-        f"bench-all {stamp} UTC, commit {commit()}, {os.cpu_count()} CPUs, load average "
+        f"bench-all {stamp} UTC, commit {measured}, {os.cpu_count()} CPUs, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {took:.0f} s"
         + (", PROFILED (py-spy attached: rates are not measurements)" if args.profile else "")
     )
