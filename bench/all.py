@@ -10,8 +10,9 @@ The table is written to ``bench/results/summary-<UTC date-time>.md`` and ``.json
                         [--profile DIR [--tag before] [--cpu-only]]
 
 ``--profile DIR`` records a py-spy flame graph of one gunicorn worker during each headline
-scenario's timed phase (``DIR/<scenario>-<tag>.svg``; wall-clock, waits included, unless
-``--cpu-only``); a profiled run is slower, so its table is not the measurement.
+scenario's timed phase (``DIR/<name>-<tag>.svg``, names in SCRIPTS; wall-clock, waits
+included, unless ``--cpu-only``); a profiled run is slower, so its table is not the
+measurement.
 bench/reconcile.py (a batch job, minutes long, no HTTP ratio) is not part of it: run
 ``make bench-reconcile`` on its own.
 """
@@ -31,14 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import PYTHON, RESULTS, ROOT
 
-# script, the scenarios profiled with --profile (a regular expression over load names). The
-# flash sale goes first: it runs a Celery worker on the shop's queues, which would otherwise
-# spend the sale working off the notifications the checkout and payment runs leave queued.
+# script, and the loads profiled with --profile: {regular expression over their names: the
+# flame graph's file name}. The flash sale goes first: it runs a Celery worker on the shop's
+# queues, which would otherwise spend the sale working off the notifications the checkout and
+# payment runs leave queued.
 SCRIPTS = {
-    "flash_sale": ("bench/flash_sale.py", r"^flash sale: "),
-    "catalog_read": ("bench/catalog_read.py", r"^product detail page$"),
-    "checkout": ("bench/checkout.py", r"^HTTP checkout"),
-    "payments": ("bench/payments.py", r"^HTTP (wallet|card) payment"),
+    "flash_sale": ("bench/flash_sale.py", {r"^flash sale: ": "admission"}),
+    "catalog_read": ("bench/catalog_read.py", {r"^product detail page$": "product-page"}),
+    "checkout": (
+        "bench/checkout.py",
+        {r"^HTTP checkout: spread": "checkout-spread", r"^HTTP checkout: one hot": "checkout-hot"},
+    ),
+    "payments": (
+        "bench/payments.py",
+        {r"^HTTP wallet payment": "wallet-payment", r"^HTTP card payment": "card-payment"},
+    ),
 }
 COLUMNS = ["scenario", "rate/s", "p50 ms", "p99 ms", "errors", "ratio", "baseline", "target",
            "met?"]  # fmt: skip
@@ -108,11 +116,12 @@ def main() -> None:
         summary = Path(tmp) / "rows.jsonl"
         summary.touch()
         for name in chosen:
-            script, profile_only = SCRIPTS[name]
+            script, profile_names = SCRIPTS[name]
             env = {**os.environ, "BENCH_SUMMARY": str(summary)}
             if args.profile:
                 env.update(BENCH_PROFILE=str(Path(args.profile).resolve()),
-                           BENCH_PROFILE_TAG=args.tag, BENCH_PROFILE_ONLY=profile_only,
+                           BENCH_PROFILE_TAG=args.tag,
+                           BENCH_PROFILE_NAMES=json.dumps(profile_names),
                            BENCH_PROFILE_IDLE="0" if args.cpu_only else "1")  # fmt: skip
             command = [PYTHON, script] + (["--seconds", str(args.seconds)] if args.seconds else [])
             print(f"\n===== {' '.join(command[1:])} =====", flush=True)

@@ -8,7 +8,8 @@ move them).
 Profiling: with ``BENCH_PROFILE=DIR`` every timed load on the shop's gunicorn is recorded by
 py-spy (one worker, wall-clock samples, idle included) as ``DIR/<scenario>[-<tag>].svg`` (tag:
 ``BENCH_PROFILE_TAG``); ``BENCH_PROFILE_ONLY`` (a regular expression) limits it to the scenarios
-whose name it finds.
+whose name it finds; ``BENCH_PROFILE_NAMES`` (JSON, {regular expression: file name}) profiles only
+the scenarios one finds, each under the name given.
 Summary: with ``BENCH_SUMMARY=FILE`` each script appends its headline rows to FILE (JSON lines,
 ``summary_rows``), which ``bench/all.py`` collects into one table.
 """
@@ -62,6 +63,7 @@ BENCH_ENV = {
 PROFILE_DIR = os.environ.get("BENCH_PROFILE", "")
 PROFILE_TAG = os.environ.get("BENCH_PROFILE_TAG", "")
 PROFILE_ONLY = os.environ.get("BENCH_PROFILE_ONLY", "")
+PROFILE_NAMES: dict[str, str] = json.loads(os.environ.get("BENCH_PROFILE_NAMES") or "{}")
 PROFILE_RATE = int(os.environ.get("BENCH_PROFILE_RATE", "200"))
 PROFILE_IDLE = os.environ.get("BENCH_PROFILE_IDLE", "1") != "0"  # 0: on-CPU samples only
 _profiled_workers: list[list[int]] = []  # the worker pids of each shop gunicorn now serving
@@ -289,20 +291,22 @@ def _children(pid: int) -> list[int]:
 @contextlib.contextmanager
 def profiled(name: str) -> Iterator[Path | None]:
     """Record a flame graph of the shop's first gunicorn worker while the block runs, when
-    BENCH_PROFILE is set (and BENCH_PROFILE_ONLY, if set, matches ``name``); yields the SVG's
-    path, or None when nothing is recorded. py-spy samples wall-clock time (``--idle``: waits
-    on PostgreSQL, Redis or the bank count; BENCH_PROFILE_IDLE=0: on-CPU samples only) and
-    pauses the worker at each sample, so a profiled run is slower than a measured one: profile
-    and measure in separate runs."""
+    BENCH_PROFILE is set (and BENCH_PROFILE_ONLY or one of BENCH_PROFILE_NAMES, if set,
+    matches ``name``); yields the SVG's path, or None when nothing is recorded. py-spy samples
+    wall-clock time (``--idle``: waits on PostgreSQL, Redis or the bank count;
+    BENCH_PROFILE_IDLE=0: on-CPU samples only) and pauses the worker at each sample, so a
+    profiled run is slower than a measured one: profile and measure in separate runs."""
     if not (PROFILE_DIR and _profiled_workers and _profiled_workers[-1]):
         yield None
         return
-    if PROFILE_ONLY and not re.search(PROFILE_ONLY, name):
+    stem = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if PROFILE_NAMES:
+        stem = next((s for pattern, s in PROFILE_NAMES.items() if re.search(pattern, name)), "")
+    if not stem or (PROFILE_ONLY and not re.search(PROFILE_ONLY, name)):
         yield None
         return
     spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    out = Path(PROFILE_DIR) / f"{slug}{'-' + PROFILE_TAG if PROFILE_TAG else ''}.svg"
+    out = Path(PROFILE_DIR) / f"{stem}{'-' + PROFILE_TAG if PROFILE_TAG else ''}.svg"
     out.parent.mkdir(parents=True, exist_ok=True)
     worker = _profiled_workers[-1][0]
     process = subprocess.Popen(
