@@ -618,7 +618,8 @@ def main() -> None:
     refusals = {"rps": refused / span if span > 0 else 0.0, "requests": refused}
     summary_rows(
         [
-            summary_row(f"flash-sale admission, whole sale ({flash.requests} attempts)", flash,
+            summary_row(f"flash-sale admission, whole sale "
+                        f"({args.users * args.attempts_each} attempts)", flash,
                         baseline="/healthz on the shop's gunicorn", baseline_rps=trivial.rps,
                         target=0.5),
             summary_row("flash-sale refusals after sell-out", refusals,
