@@ -19,7 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_env, gunicorn, load, manage, print_table, save, web_model_text
+from bench.common import (
+    bench_env,
+    gunicorn,
+    load,
+    manage,
+    print_table,
+    save,
+    summary_row,
+    summary_rows,
+    web_model_text,
+)
 
 
 def _announce(targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -94,6 +104,15 @@ def main() -> None:
     print(
         f"raw results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}"
     )
+    trivial = with_page_cache[0]
+    summary_rows(
+        [
+            summary_row(
+                "cached product page (one product)", with_page_cache[1],
+                baseline="/healthz on the shop's gunicorn", baseline_rps=trivial.rps, target=0.8,
+            )
+        ]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ from bench.common import (
     minimal_gunicorn,
     print_table,
     save,
+    summary_row,
+    summary_rows,
     threaded_load,
     web_model_text,
 )
@@ -372,6 +374,14 @@ def main() -> None:
         {"raw": raw, "http": http, "minimal": minimal, "args": vars(args), "command": command},
     )
     print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    summary_rows(
+        [
+            summary_row(f"checkout, {kind}", result, baseline=f"raw SQL, {kind}",
+                        baseline_rps=baseline.rps, target=0.35)
+            for kind, result, baseline in [("spread SKUs", http[0], raw[0]),
+                                           ("one hot SKU", http[1], raw[1])]
+        ]
+    )  # fmt: skip
     held = audit(env)
     print(f"wall time: {time.monotonic() - began:.0f} s")
     if not held:

@@ -78,6 +78,8 @@ from bench.common import (
     shell_json,
     status_label,
     web_model_text,
+    summary_row,
+    summary_rows,
 )
 
 WARM_ATTEMPTS = 200  # checkouts of the warm-up SKU before anything is measured
@@ -609,6 +611,23 @@ def main() -> None:
                                "load_average_after": os.getloadavg()})  # fmt: skip
     print(f"command: {command}")
     print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    trivial, flash, timeline = report["trivial"], report["flash"], report["timelines"]["flash"]
+    # refusals after sell-out: the out_of_stock answers over the time from the first to the last
+    refused = flash.statuses.get("409 out_of_stock", 0)
+    first, last = timeline.after("409 out_of_stock"), timeline.after("409 out_of_stock", "last")
+    span = last - first if refused > 1 and first is not None else 0.0
+    refusals = {"rps": refused / span if span > 0 else 0.0, "requests": refused}
+    summary_rows(
+        [
+            summary_row(f"flash-sale admission, whole sale "
+                        f"({args.users * args.attempts_each} attempts)", flash,
+                        baseline="/healthz on the shop's gunicorn", baseline_rps=trivial.rps,
+                        target=0.5),
+            summary_row("flash-sale refusals after sell-out", refusals,
+                        baseline="/healthz on the shop's gunicorn", baseline_rps=trivial.rps,
+                        target=0.8, note="409 out_of_stock answers / their time span"),
+        ]
+    )  # fmt: skip
     held = audit(env)
     load_after = os.getloadavg()
     print(f"load average {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
