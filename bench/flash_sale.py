@@ -77,9 +77,9 @@ from bench.common import (
     save,
     shell_json,
     status_label,
-    web_model_text,
     summary_row,
     summary_rows,
+    web_model_text,
 )
 
 WARM_ATTEMPTS = 200  # checkouts of the warm-up SKU before anything is measured
