@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
+from apps.inventory.selectors import stock_snapshot_clear
 from shop.cache import cache_health_reset
 from shop.logs import log_context_clear
 from shop.pagecache import page_cache_local_reset
@@ -98,6 +99,7 @@ def _fresh_cache() -> None:
     """Every test starts with an empty cache and a cache this process believes is up."""
     cache.clear()
     page_cache_local_reset()
+    stock_snapshot_clear()
     cache_health_reset()
     runtime_defaults()
     ratelimit_local_reset()

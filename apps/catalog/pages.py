@@ -13,7 +13,7 @@ from collections.abc import Callable
 from django.http import HttpRequest
 
 from apps.catalog.selectors import SORTS
-from apps.inventory.selectors import stock_available_many
+from apps.inventory.selectors import stock_available_snapshot
 from shop.pagecache import cacheable_page, page_dependency_register
 from shop.parsing import is_canonical_int
 
@@ -54,8 +54,9 @@ shared_api_listing = cacheable_page(_plain_browsing(API_LISTING_PARAMS))
 
 
 def _stock_unchanged(shown: dict[int, int]) -> bool:
-    """Whether every SKU a page showed still has the units it showed (one lookup)."""
-    return stock_available_many(list(shown)) == shown
+    """Whether every SKU a page showed still has the units it showed, by this process's stock
+    snapshot (no round trip but one query per AVAILABILITY_CACHE_TTL for all of them)."""
+    return stock_available_snapshot(list(shown)) == shown
 
 
 def page_dependencies_register() -> None:

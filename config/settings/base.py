@@ -196,6 +196,9 @@ CACHE_VERSION_TTL = env.int("CACHE_VERSION_TTL", default=24 * 3600)
 # Stock shown on pages is display-only (checkout reserves against the database), so a few
 # seconds of staleness buys a hot product page that does not query stock on every view.
 AVAILABILITY_CACHE_TTL = env.int("AVAILABILITY_CACHE_TTL", default=3)
+# Each process keeps the stock of at most this many SKUs in memory to check kept pages against
+# (apps.inventory.selectors.stock_available_snapshot), all re-read every AVAILABILITY_CACHE_TTL.
+STOCK_SNAPSHOT_MAX_SKUS = env.int("STOCK_SNAPSHOT_MAX_SKUS", default=20000)
 # Whole pages shared by anonymous readers (shop.pagecache) show stock too, so they live no
 # longer than the stock figures; edits still invalidate them at once through their groups.
 PAGE_CACHE_TTL = env.int("PAGE_CACHE_TTL", default=AVAILABILITY_CACHE_TTL)

@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
-from django.test import Client
+from django.db import connection, connections
+from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
 from redis.connection import AbstractConnection
 
@@ -128,13 +128,16 @@ def test_threads_reading_rotating_pages_each_get_their_own_page(settings):
 
     def reader(offset: int) -> None:
         client = Client()
-        for i in range(30):
-            product = products[(offset + i) % len(products)]
-            response = client.get(_url(product))
-            with lock:
-                statuses[f"{response.status_code} {response.get('X-Page-Cache')}"] += 1
-                if product.name not in response.content.decode():
-                    wrong.append(product.name)
+        try:
+            for i in range(30):
+                product = products[(offset + i) % len(products)]
+                response = client.get(_url(product))
+                with lock:
+                    statuses[f"{response.status_code} {response.get('X-Page-Cache')}"] += 1
+                    if product.name not in response.content.decode():
+                        wrong.append(product.name)
+        finally:
+            connections.close_all()
 
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(6)]
     for thread in threads:
@@ -181,6 +184,26 @@ def test_another_processs_page_costs_one_redis_round_trip_and_no_sql(client, mon
     assert page["X-Page-Cache"] == "hit"
     assert (len(queries), redis.count) == (0, 1)
     assert page_l1.stats()[0] == 1  # copied into L1
+
+
+@pytest.mark.django_db
+def test_a_page_past_its_fresh_spell_is_revalidated_without_sql_or_redis(client, monkeypatch):
+    product = product_with_skus()
+    url = _url(product)
+    client.get(url)
+    client.get(url)  # a hit: the version snapshot is fresh
+    key = pagecache.page_key(RequestFactory().get(url))
+    expire = {**page_l1.get(key), "fresh_until": 0.0}
+    page_l1.put(key, expire)
+    assert client.get(url)["X-Page-Cache"] == "revalidated"  # loads the stock snapshot
+    page_l1.put(key, expire)
+    redis = RedisRoundTrips(monkeypatch)
+
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(url)
+
+    assert page["X-Page-Cache"] == "revalidated"
+    assert (len(queries), redis.count) == (0, 0)
 
 
 # --- staleness ------------------------------------------------------------------------------------
