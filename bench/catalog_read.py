@@ -6,8 +6,8 @@ product detail page and the API product detail, each *rotating over* ``--rotate`
 (a wrk Lua script cycling the URLs, so the per-process L1 and Redis both see hundreds of
 pages, not one), and for the product list pages. Every rate is compared with the minimal
 Django site (``bench.minimal_site``: Security + Common middleware, one view) served by
-gunicorn with the same workers and threads in the same run; the shop's own ``/healthz`` is an
-extra reference line.
+gunicorn with the same workers and threads in the same run (measured before and after the
+shop's scenarios, the mean is the reference); the shop's own ``/healthz`` is an extra line.
 
     python bench/catalog_read.py [--seconds 15] [--connections 8] [--workers 2] [--threads 1]
                                  [--rotate 300]
@@ -124,6 +124,20 @@ def _load_all(
     return results
 
 
+def _mean(name: str, a: LoadResult, b: LoadResult) -> LoadResult:
+    return LoadResult(
+        name=name,
+        url=a.url,
+        requests=a.requests + b.requests,
+        errors=a.errors + b.errors,
+        seconds=a.seconds + b.seconds,
+        rps=(a.rps + b.rps) / 2,
+        p50_ms=(a.p50_ms + b.p50_ms) / 2,
+        p99_ms=(a.p99_ms + b.p99_ms) / 2,
+        tool=a.tool,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
@@ -162,10 +176,14 @@ def main() -> None:
     server = {"workers": args.workers, "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
         directory = Path(tmp)
-        with minimal_gunicorn(env, **server) as base:
-            (baseline,) = _load_all(base, [("minimal Django view", ["/healthz"])], directory, args)
-        with gunicorn(env, **server) as base:
+        # The baseline is measured before and after the shop's scenarios (both servers up, one
+        # loaded at a time) and averaged: on a shared machine the load drifts during a run.
+        minimal = [("minimal Django view", ["/healthz"])]
+        with minimal_gunicorn(env, **server) as minimal_base, gunicorn(env, **server) as base:
+            (first,) = _load_all(minimal_base, minimal, directory, args)
             cached = _load_all(base, targets, directory, args)
+            (second,) = _load_all(minimal_base, minimal, directory, args)
+        baseline = _mean("minimal Django view (mean)", first, second)
         without: list[LoadResult] = []
         if args.no_page_cache:
             # What the document cache alone gives when the shared page cache cannot be used
@@ -178,7 +196,7 @@ def main() -> None:
                     args,
                 )
 
-    results = [baseline, *cached, *without]
+    results = [first, second, baseline, *cached, *without]
     print_table([(r, baseline) for r in results], ratio_label="x minimal")
     ratio = cached[1].rps / baseline.rps
     print(

@@ -213,6 +213,10 @@ def page_dependency_register(name: str, check: Callable[[Any], bool]) -> None:
     _dependencies[name] = check
 
 
+def _switches_unchanged(shown: dict[str, bool]) -> bool:
+    return all(switch_on(name) == on for name, on in shown.items())
+
+
 def page_depends_on(name: str, values: dict[Any, Any] | None) -> None:
     """Record that the page being built shows ``values`` (merged over the request). None means
     the figures could not be read: the page is then never revalidated, only rebuilt."""
@@ -223,6 +227,11 @@ def page_depends_on(name: str, values: dict[Any, Any] | None) -> None:
         shown[name] = _UNCHECKABLE
     else:
         shown.setdefault(name, {}).update(values)
+
+
+# A switch flipped in another process bumps the page groups, but this process may build a page
+# with its older view of the switches after that; such a page is not kept past its fresh spell.
+page_dependency_register("switches", _switches_unchanged)
 
 
 def _still_current(entry: dict[str, Any]) -> bool:

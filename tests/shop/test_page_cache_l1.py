@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection, connections
 from django.test import Client, RequestFactory
@@ -204,6 +205,29 @@ def test_a_page_past_its_fresh_spell_is_revalidated_without_sql_or_redis(client,
 
     assert page["X-Page-Cache"] == "revalidated"
     assert (len(queries), redis.count) == (0, 0)
+
+
+@pytest.mark.django_db
+def test_a_page_is_not_kept_past_its_fresh_spell_once_a_switch_it_honoured_flipped(client):
+    from shop.models import Switch
+    from shop.runtime import runtime_refresh
+
+    product = product_with_skus()
+    url = _url(product)
+    client.get(url)
+    key = pagecache.page_key(RequestFactory().get(url))
+    # The switch flips as this process sees it, the page groups untouched (the bump of the
+    # process that flipped it reached Redis before this process's page was stored)
+    Switch.objects.update_or_create(name="read_only", defaults={"on": True})
+    runtime_refresh()
+    expired = {**page_l1.get(key), "fresh_until": 0.0}  # past its fresh spell, in both levels
+    page_l1.put(key, expired)
+    cache.set(key, expired)
+
+    page = client.get(url)
+
+    assert page["X-Page-Cache"] == "miss"
+    assert "browse-only mode" in page.content.decode()
 
 
 # --- staleness ------------------------------------------------------------------------------------
