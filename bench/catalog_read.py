@@ -6,8 +6,9 @@ product detail page and the API product detail, each *rotating over* ``--rotate`
 (a wrk Lua script cycling the URLs, so the per-process L1 and Redis both see hundreds of
 pages, not one), and for the product list pages. Every rate is compared with the minimal
 Django site (``bench.minimal_site``: Security + Common middleware, one view) served by
-gunicorn with the same workers and threads in the same run (measured before and after the
-shop's scenarios, the mean is the reference); the shop's own ``/healthz`` is an extra line.
+gunicorn with the same workers and threads in the same run, measured just before and just
+after each shop scenario (the mean of the two is that scenario's reference, so drifting load
+on a shared machine does not skew a ratio); the shop's own ``/healthz`` is an extra line.
 
     python bench/catalog_read.py [--seconds 15] [--connections 8] [--workers 2] [--threads 1]
                                  [--rotate 300]
@@ -47,8 +48,10 @@ TARGET = 0.8
 # Cycles through `paths`; each wrk connection starts at a different offset.
 LUA = """
 local paths = {paths}
+local threads = {{}}
 local counter = 0
 function setup(thread)
+  table.insert(threads, thread)
   thread:set("offset", counter * 97)
   counter = counter + 1
 end
@@ -57,6 +60,18 @@ function request()
   i = i + 1
   local path = paths[((offset or 0) + i) % #paths + 1]
   return wrk.format("GET", path)
+end
+statuses = {{}}
+function response(status, headers, body)
+  local label = headers["X-Page-Cache"] or "-"
+  statuses[label] = (statuses[label] or 0) + 1
+end
+function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for label, count in pairs(thread:get("statuses")) do
+      io.write(string.format("status %s: %d\\n", label, count))
+    end
+  end
 end
 """
 
@@ -124,17 +139,18 @@ def _load_all(
     return results
 
 
-def _mean(name: str, a: LoadResult, b: LoadResult) -> LoadResult:
+def _mean(name: str, *runs: LoadResult) -> LoadResult:
+    n = len(runs)
     return LoadResult(
         name=name,
-        url=a.url,
-        requests=a.requests + b.requests,
-        errors=a.errors + b.errors,
-        seconds=a.seconds + b.seconds,
-        rps=(a.rps + b.rps) / 2,
-        p50_ms=(a.p50_ms + b.p50_ms) / 2,
-        p99_ms=(a.p99_ms + b.p99_ms) / 2,
-        tool=a.tool,
+        url=runs[0].url,
+        requests=sum(r.requests for r in runs),
+        errors=sum(r.errors for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        rps=sum(r.rps for r in runs) / n,
+        p50_ms=sum(r.p50_ms for r in runs) / n,
+        p99_ms=sum(r.p99_ms for r in runs) / n,
+        tool=runs[0].tool,
     )
 
 
@@ -176,14 +192,21 @@ def main() -> None:
     server = {"workers": args.workers, "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
         directory = Path(tmp)
-        # The baseline is measured before and after the shop's scenarios (both servers up, one
-        # loaded at a time) and averaged: on a shared machine the load drifts during a run.
+        # On a shared machine the load drifts during a run, so the baseline is measured
+        # between the shop's scenarios (both servers up, one loaded at a time): each scenario
+        # is compared with the mean of the minimal view measured just before and just after it.
         minimal = [("minimal Django view", ["/healthz"])]
         with minimal_gunicorn(env, **server) as minimal_base, gunicorn(env, **server) as base:
-            (first,) = _load_all(minimal_base, minimal, directory, args)
-            cached = _load_all(base, targets, directory, args)
-            (second,) = _load_all(minimal_base, minimal, directory, args)
-        baseline = _mean("minimal Django view (mean)", first, second)
+            minimals = _load_all(minimal_base, minimal, directory, args)
+            cached = []
+            for target in targets:
+                cached += _load_all(base, [target], directory, args)
+                minimals += _load_all(minimal_base, minimal, directory, args)
+        paired = [
+            _mean(f"minimal view around: {result.name}", before, after)
+            for result, before, after in zip(cached, minimals[:-1], minimals[1:], strict=True)
+        ]
+        baseline = _mean("minimal Django view (mean of all)", *minimals)
         without: list[LoadResult] = []
         if args.no_page_cache:
             # What the document cache alone gives when the shared page cache cannot be used
@@ -196,9 +219,22 @@ def main() -> None:
                     args,
                 )
 
-    results = [first, second, baseline, *cached, *without]
-    print_table([(r, baseline) for r in results], ratio_label="x minimal")
-    ratio = cached[1].rps / baseline.rps
+    results = [*minimals, baseline, *cached, *without]
+    print_table(
+        [(baseline, baseline)]
+        + list(zip(cached, paired, strict=True))
+        + [(result, baseline) for result in without],
+        ratio_label="x minimal",
+    )
+    print(
+        "\n(each shop scenario against the minimal view measured just before and after it: "
+        + ", ".join(f"{p.rps:.0f}" for p in minimals)
+        + " req/s in turn)"
+    )
+    print("\nX-Page-Cache answers (the timed run):")
+    for result in cached[1:]:
+        print(f"  {result.name}: {result.statuses}")
+    ratio = cached[1].rps / paired[1].rps
     print(
         f"\ncached product detail page ({len(detail)} rotating) = {ratio:.2f}x the minimal "
         f"Django view (target >= {TARGET:.2f}x: {'met' if ratio >= TARGET else 'NOT met'}); "
