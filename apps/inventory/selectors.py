@@ -60,7 +60,7 @@ class _StockSnapshot:
                 self._read_at = now
             elif missing := [sku_id for sku_id in sku_ids if sku_id not in self._values]:
                 if len(self._values) + len(missing) > settings.STOCK_SNAPSHOT_MAX_SKUS:
-                    self._values = {}
+                    self._values, missing = {}, list(sku_ids)  # start over from this request
                 self._values.update(self._load(set(missing)))
             values = self._values
             return {sku_id: values[sku_id] for sku_id in sku_ids}

@@ -332,3 +332,16 @@ def test_logged_in_buyers_get_their_own_page_even_with_the_anonymous_one_in_l1(c
     assert names[0] in pages[names[0]] and names[1] not in pages[names[0]]
     assert names[1] in pages[names[1]] and names[0] not in pages[names[1]]
     assert page_l1.stats()[0] == 1  # only the anonymous page is kept
+
+
+@pytest.mark.django_db
+def test_the_stock_snapshot_stays_within_its_bound_and_answers_right(settings):
+    from apps.inventory.selectors import _snapshot, stock_available_snapshot
+
+    settings.STOCK_SNAPSHOT_MAX_SKUS = 2
+    skus = [Sku.objects.get(product=product_with_skus(stock=n)).id for n in (3, 4, 5)]
+
+    assert stock_available_snapshot(skus[:2]) == {skus[0]: 3, skus[1]: 4}
+    assert stock_available_snapshot(skus[1:]) == {skus[1]: 4, skus[2]: 5}
+    assert stock_available_snapshot([skus[0]]) == {skus[0]: 3}
+    assert len(_snapshot._values) <= 2
