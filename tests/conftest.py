@@ -16,9 +16,11 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
+from apps.inventory.selectors import stock_snapshot_clear
 from shop.cache import cache_health_reset
 from shop.logs import log_context_clear
 from shop.outbox import background
+from shop.pagecache import page_cache_local_reset
 from shop.ratelimit import ratelimit_local_reset
 from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
@@ -97,6 +99,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fresh_cache() -> None:
     """Every test starts with an empty cache and a cache this process believes is up."""
     cache.clear()
+    page_cache_local_reset()
+    stock_snapshot_clear()
     cache_health_reset()
     runtime_defaults()
     ratelimit_local_reset()

@@ -196,9 +196,23 @@ CACHE_VERSION_TTL = env.int("CACHE_VERSION_TTL", default=24 * 3600)
 # Stock shown on pages is display-only (checkout reserves against the database), so a few
 # seconds of staleness buys a hot product page that does not query stock on every view.
 AVAILABILITY_CACHE_TTL = env.int("AVAILABILITY_CACHE_TTL", default=3)
+# Each process keeps the stock of at most this many SKUs in memory to check kept pages against
+# (apps.inventory.selectors.stock_available_snapshot), all re-read every AVAILABILITY_CACHE_TTL.
+STOCK_SNAPSHOT_MAX_SKUS = env.int("STOCK_SNAPSHOT_MAX_SKUS", default=20000)
 # Whole pages shared by anonymous readers (shop.pagecache) show stock too, so they live no
 # longer than the stock figures; edits still invalidate them at once through their groups.
 PAGE_CACHE_TTL = env.int("PAGE_CACHE_TTL", default=AVAILABILITY_CACHE_TTL)
+# A shared page past PAGE_CACHE_TTL whose catalog versions still match is checked against the
+# stock figures it showed and, if they are unchanged, kept for another PAGE_CACHE_TTL rather
+# than rendered again; this long after it was built it is always rendered again.
+PAGE_CACHE_MAX_AGE = env.int("PAGE_CACHE_MAX_AGE", default=60)
+# Each process reuses the catalog versions it read for this long (capped at PAGE_CACHE_TTL):
+# the longest a committed catalog edit can be served stale by a process that did not make it.
+PAGE_VERSION_CHECK_INTERVAL = env.float("PAGE_VERSION_CHECK_INTERVAL", default=1.0)
+# The in-process copy of shared pages (L1, per process, in front of Redis): at most this many
+# pages and this many bytes of page bodies (plus ~1 KiB per entry), least recently used out.
+PAGE_L1_MAX_ENTRIES = env.int("PAGE_L1_MAX_ENTRIES", default=2000)
+PAGE_L1_MAX_BYTES = env.int("PAGE_L1_MAX_BYTES", default=32 * 1024 * 1024)
 # How long the last copy of a shared page stays available for the "serve_stale" switch.
 STALE_PAGE_TTL = env.int("STALE_PAGE_TTL", default=3600)
 # Paths whose anonymous GETs are looked up in the page cache (views still opt in to storing).
