@@ -108,9 +108,10 @@ def shell_prepare(spec_text: str) -> None:
 
     from apps.catalog.models import Product, Sku
     from apps.catalog.services import catalog_changed
-    from apps.inventory.models import FlashSale
+    from apps.flashsales.models import FlashSale
+    from apps.flashsales.selectors import FLASH_LIST_TTL
+    from apps.flashsales.services import flash_sale_end
     from apps.inventory.services import stock_receive
-    from apps.orders.flash import FLASH_LIST_TTL, flash_sale_end
     from bench.common import shop_buyers, shop_databases
     from shop.models import RateLimitRule
 
@@ -174,7 +175,7 @@ def shell_verify(spec_text: str) -> None:
     outcome, and the flash SKU's gate counters. Prints JSON."""
     from django.db.models import Count, Max
 
-    from apps.inventory.gate import gate_state
+    from apps.flashsales.gate import gate_state
     from apps.inventory.models import Stock
     from apps.orders.models import CheckoutTicket, OrderLine
     from apps.orders.services import HOLDING_STATUSES
@@ -234,7 +235,7 @@ def shell_cleanup(spec_text: str) -> None:
     """Restore the rate-limit rules as they were, end the run's sale, deactivate its SKUs."""
     from apps.catalog.models import Sku
     from apps.catalog.services import skus_set_active
-    from apps.orders.flash import flash_sale_end
+    from apps.flashsales.services import flash_sale_end
     from shop.models import RateLimitRule
 
     spec = json.loads(spec_text)

@@ -11,13 +11,12 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from apps.orders import flash, selectors, services
+from apps.orders import checkout, selectors
 from apps.orders.exceptions import OrderNotFound
 from apps.orders.models import CheckoutTicket, Order
 from shop.errors import NotFound
-from shop.idempotency import HEADER, Replay, idempotent_request, validate_key
+from shop.idempotency import HEADER, REPLAY_HEADER, request_fingerprint, validate_key
 from shop.parsers import PageField, StrictIntegerField
-from shop.sharding import shard_for_user
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER, str, OpenApiParameter.HEADER, required=True, description="1-255 printable characters"
@@ -99,33 +98,22 @@ class OrderCreateApi(APIView):
         responses={201: OrderOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        user_id = request.user.id
-        validate_key(request.headers.get(HEADER))
+        key = validate_key(request.headers.get(HEADER))
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        items = serializer.validated_data["items"]
-        flash_sku = flash.flash_sku_in(items)
-        if flash_sku is not None:  # the gate decides; None: Redis is down, the database does
-            queued = _queued_checkout(request, user_id=user_id, items=items, flash_sku=flash_sku)
-            return queued or _direct_checkout(request, user_id=user_id, items=items)
-        with flash.checkout_in_flight() as load:
-            if load.busy:
-                return _queued_checkout(request, user_id=user_id, items=items, flash_sku=None)
-            return _direct_checkout(request, user_id=user_id, items=items)
-
-
-def _direct_checkout(request: Request, *, user_id: int, items: list[dict[str, Any]]) -> Response:
-    with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
-        if isinstance(claim, Replay):
-            return claim.response()
-        body: dict[str, Any] = {}
-
-        def record(order: Order) -> None:  # inside the order's transaction
-            body.update(order_body(order))
-            claim.complete(status=201, body=body)
-
-        services.order_place(user_id=user_id, items=items, on_created=record)
-        return Response(body, status=201)
+        outcome = checkout.checkout_submit(
+            user_id=request.user.id,
+            items=serializer.validated_data["items"],
+            key=key,
+            fingerprint=request_fingerprint(
+                method=request.method, path=request.path, body=request.data
+            ),
+            order_body=order_body,
+            ticket_body=lambda ticket: ticket_body(ticket, request),
+            remember_refusals=True,
+        )
+        headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
+        return Response(outcome.body, status=outcome.status, headers=headers)
 
 
 def ticket_body(ticket: CheckoutTicket, request: Request) -> dict[str, Any]:
@@ -136,45 +124,6 @@ def ticket_body(ticket: CheckoutTicket, request: Request) -> dict[str, Any]:
             reverse("api-checkout-ticket", kwargs={"ticket_id": ticket.id})
         ),
     }
-
-
-def _queued_checkout(
-    request: Request,
-    *,
-    user_id: int,
-    items: list[dict[str, Any]],
-    flash_sku: flash.FlashSku | None,
-) -> Response | None:
-    """Admit the checkout into the queue (202 with a ticket), or refuse it at once. None when
-    the gate cannot be used (Redis down): the caller takes the plain database path."""
-    key = request.headers.get(HEADER)
-    quantity = flash.flash_quantity(items, flash_sku)
-    admission = None
-    if flash_sku is not None:
-        admission = flash.flash_pass(
-            flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=key
-        )
-        if admission is None:
-            return None
-    with (
-        flash.gate_hold(admission, flash=flash_sku, user_id=user_id, quantity=quantity,
-                        idempotency_key=key) as hold,
-        idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim,
-    ):  # fmt: skip
-        if isinstance(claim, Replay):  # admitted twice: the first ticket stands
-            return claim.response()
-        body: dict[str, Any] = {}
-
-        def record(ticket: CheckoutTicket) -> None:  # inside the ticket's transaction
-            body.update(ticket_body(ticket, request))
-            claim.complete(status=202, body=body)
-
-        flash.ticket_create(
-            user_id=user_id, items=items, flash=flash_sku,
-            seq=admission.seq if admission else 0, on_created=record,
-        )  # fmt: skip
-        hold.keep()
-        return Response(body, status=202)
 
 
 class CheckoutTicketDetailApi(APIView):
@@ -191,7 +140,7 @@ class CheckoutTicketDetailApi(APIView):
 
     @extend_schema(responses={200: OutputSerializer})
     def get(self, request: Request, ticket_id: int) -> Response:
-        ticket = flash.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
+        ticket = selectors.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
         if ticket is None:
             raise NotFound("No such checkout ticket.")
         body = {
@@ -200,7 +149,7 @@ class CheckoutTicketDetailApi(APIView):
             "order": str(ticket.order_id) if ticket.order_id else None,
             "code": ticket.reject_code or None,
             "detail": ticket.reject_detail or None,
-            "position": flash.ticket_position(ticket),
+            "position": selectors.ticket_position(ticket),
         }
         return Response(self.OutputSerializer(body).data)
 

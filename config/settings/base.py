@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "apps.users",
     "apps.catalog",
     "apps.inventory",
+    "apps.flashsales",
     "apps.orders",
     "apps.payments",
     "apps.reconciliation",
