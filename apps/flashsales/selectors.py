@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apps.flashsales.gate import GateState, GateStats, gate_state, gate_stats
+from apps.flashsales.gate import GateState, GateStats, attempt_id, gate_state, gate_stats
 from apps.flashsales.models import FlashSale
+from apps.flashsales.soldout import sold_out_refuses
 from apps.inventory.selectors import stock_available_now
 
 # How long this process trusts its list of flash sales (the admission path must not query
@@ -59,6 +60,13 @@ def flash_sku_in(items: Sequence[dict[str, Any]]) -> FlashSku | None:
         if item["sku"] in on_sale:
             return on_sale[item["sku"]]
     return None
+
+
+def flash_sold_out(*, sku_id: int, user_id: int, idempotency_key: str) -> bool:
+    """Whether this process refuses this attempt by itself: it knows the sale of ``sku_id``
+    is sold out (a flag of at most FLASH_SOLD_OUT_TTL seconds, see
+    :mod:`apps.flashsales.soldout`) and the gate never admitted this attempt."""
+    return sold_out_refuses(sku_id, attempt_id(user_id, idempotency_key))
 
 
 def flash_quantity(items: Sequence[dict[str, Any]], flash: FlashSku | None) -> int:

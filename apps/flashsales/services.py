@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from django.conf import settings
 from django.db import transaction
@@ -31,11 +31,18 @@ from apps.flashsales.gate import (
     gate_state,
 )
 from apps.flashsales.models import FlashSale
-from apps.flashsales.selectors import FlashSku, flash_list, flash_sale_truth, flash_sales_active
+from apps.flashsales.selectors import (
+    FlashSku,
+    flash_list,
+    flash_sale_truth,
+    flash_sales_active,
+    flash_sold_out,
+)
+from apps.flashsales.soldout import sold_out_set
 from apps.inventory.services import stock_receive
 from shop.alerts import alert_raise
 from shop.cache import CACHE_BACKEND_ERRORS
-from shop.throttle import hot_sku_check
+from shop.throttle import limit_checks, limits_check, rate_limited
 
 logger = logging.getLogger(__name__)
 
@@ -144,21 +151,46 @@ def checkout_queues_watch() -> dict[str, int]:
 # --- Admission -----------------------------------------------------------------------------------
 
 
-def flash_admit(*, flash: FlashSku, user_id: int, quantity: int, idempotency_key: str) -> Admission:
-    """One checkout attempt at a flash sale's gate (the hot-SKU rate limit first): ``admitted``
-    (units taken, a place in line), ``replay`` (admitted before under this key), or a refusal —
-    ``sold_out``, ``limit``, ``busy`` (queue full, or the counters being rebuilt). Nothing is
-    written to the database. Raises RateLimited, or GateUnavailable when Redis cannot be used
-    (take the database path)."""
-    hot_sku_check(flash.sku_id)
-    return gate_admit(
-        sku_id=flash.sku_id,
-        user_id=user_id,
-        quantity=quantity,
-        per_user_limit=flash.per_user_limit,
-        idempotency_key=idempotency_key,
-        truth=functools.partial(flash_sale_truth, sku_id=flash.sku_id),
-    )
+def flash_admit(
+    *,
+    flash: FlashSku,
+    user_id: int,
+    quantity: int,
+    idempotency_key: str,
+    limits: Sequence[tuple[str, str]] = (),
+) -> Admission:
+    """One checkout attempt at a flash sale's gate: ``admitted`` (units taken, a place in
+    line), ``replay`` (admitted before under this key), or a refusal — ``sold_out``, ``limit``,
+    ``busy`` (queue full, or the counters being rebuilt). Nothing is written to the database.
+
+    The rate limits — ``limits`` ((layer, key) pairs the caller was left to check, see
+    shop.throttle.LIMITS_IN_VIEW) and the SKU's ``hot_sku`` — are checked first in the same
+    Redis call. Raises RateLimited, or GateUnavailable when Redis cannot be used (the limits
+    then checked as usual, per process: take the database path).
+
+    Once the gate has answered "sold out" with nothing left, this process answers ``sold_out``
+    by itself for up to FLASH_SOLD_OUT_TTL seconds (:mod:`apps.flashsales.soldout`)."""
+    if flash_sold_out(sku_id=flash.sku_id, user_id=user_id, idempotency_key=idempotency_key):
+        return Admission("sold_out")
+    layers = [*limits, ("hot_sku", str(flash.sku_id))]
+    try:
+        admission = gate_admit(
+            sku_id=flash.sku_id,
+            user_id=user_id,
+            quantity=quantity,
+            per_user_limit=flash.per_user_limit,
+            idempotency_key=idempotency_key,
+            truth=functools.partial(flash_sale_truth, sku_id=flash.sku_id),
+            limits=limit_checks(layers),
+        )
+    except GateUnavailable:
+        limits_check(layers)
+        raise
+    if admission.outcome == "rate_limited":
+        raise rate_limited(admission.retry_after, layer=admission.layer)
+    if admission.admitted is not None:  # nothing left, and the admitted attempts listed
+        sold_out_set(flash.sku_id, admission.admitted)
+    return admission
 
 
 class _Hold:

@@ -3,20 +3,27 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
+from apps.flashsales.selectors import flash_sku_in
 from apps.orders import checkout, selectors
 from apps.orders.exceptions import OrderNotFound
 from apps.orders.models import CheckoutTicket, Order
-from shop.errors import NotFound
+from shop.authentication import request_token_user
+from shop.errors import NotFound, ShopError, render_error
 from shop.idempotency import HEADER, REPLAY_HEADER, request_fingerprint, validate_key
 from shop.parsers import PageField, StrictIntegerField
+from shop.parsing import ParseRefused, json_loads_bounded
+from shop.throttle import LIMITS_IN_VIEW, request_limit_layers
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER, str, OpenApiParameter.HEADER, required=True, description="1-255 printable characters"
@@ -83,8 +90,43 @@ class OrderItemInputSerializer(serializers.Serializer):
     quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_LINE_MAX_QUANTITY)
 
 
+def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | None:
+    """The answer to a well-formed checkout by a signed-in buyer that this process can give
+    without any remote work (a flash sale it knows is sold out), before the rate limits count
+    it; LIMITS_IN_VIEW for another flash-sale attempt (its limits are checked with the gate);
+    None for anything else, which takes the full path (and gets its usual answer there)."""
+    if request.content_type != "application/json":
+        return None
+    try:
+        if (resolved := request_token_user(request)) is None:
+            return None
+        key = validate_key(request.headers.get(HEADER))
+        data = json_loads_bounded(request.body)
+    except (AuthenticationFailed, DatabaseError, ShopError, ParseRefused):
+        return None
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= settings.ORDER_MAX_LINES:
+        return None
+    for item in items:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("sku"), str)
+            and type(item.get("quantity")) is int
+            and 1 <= item["quantity"] <= settings.ORDER_LINE_MAX_QUANTITY
+        ):
+            return None
+    refusal = checkout.checkout_refused_locally(user_id=resolved[0].pk, items=items, key=key)
+    if refusal is not None:
+        return render_error(request, refusal)
+    # A flash-sale attempt: its rate limits are checked with the gate, in one Redis call.
+    return LIMITS_IN_VIEW if flash_sku_in(items) is not None else None
+
+
 class OrderCreateApi(APIView):
     """Check out: reserve the items and create an order awaiting payment. Idempotent."""
+
+    # A flash sale's refusals after its sell-out are answered by this process alone.
+    answer_before_limits = staticmethod(order_create_answer_early)
 
     class InputSerializer(serializers.Serializer):
         # Typed, so the schema (and clients or fuzzers working from it) knows what an item is.
@@ -111,6 +153,7 @@ class OrderCreateApi(APIView):
             order_body=order_body,
             ticket_body=lambda ticket: ticket_body(ticket, request),
             remember_refusals=True,
+            limits=request_limit_layers(request._request),
         )
         headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
         return Response(outcome.body, status=outcome.status, headers=headers)

@@ -29,7 +29,13 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from apps.flashsales.selectors import FlashSku, Holdings, flash_quantity, flash_sku_in
+from apps.flashsales.selectors import (
+    FlashSku,
+    Holdings,
+    flash_quantity,
+    flash_sku_in,
+    flash_sold_out,
+)
 from apps.flashsales.services import (
     Admission,
     GateUnavailable,
@@ -49,6 +55,7 @@ from shop.locks import cache_is_redis
 from shop.outbox import outbox_enqueue
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate
+from shop.throttle import limits_check
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ def checkout_submit(
     order_body: Callable[[Order], dict[str, Any]],
     ticket_body: Callable[[CheckoutTicket], dict[str, Any]],
     remember_refusals: bool,
+    limits: Sequence[tuple[str, str]] = (),
 ) -> CheckoutOutcome:
     """Check out ``items`` for ``user_id`` under the idempotency ``key`` (already validated;
     ``fingerprint`` identifies the request, a different one under the same key is refused).
@@ -86,10 +94,16 @@ def checkout_submit(
     refusal raised after the claim (out of stock, a limit) is stored and replayed for the key;
     without it the key is let go. Raises the refusal as a ShopError: OutOfStock,
     PurchaseLimitExceeded, RateLimited, ServiceUnavailable (the sale's queue full),
-    IdempotencyMismatch, IdempotencyConflict, CheckoutInvalid."""
+    IdempotencyMismatch, IdempotencyConflict, CheckoutInvalid.
+
+    ``limits``: the request's rate-limit layers the middleware left to this service
+    (shop.throttle.LIMITS_IN_VIEW): checked with the gate in one call, or first thing."""
     flash = flash_sku_in(items)
+    if flash is None and limits:
+        limits_check(list(limits))
     if flash is not None:
-        admission = _flash_pass(flash=flash, user_id=user_id, items=items, key=key)
+        admission = _flash_pass(flash=flash, user_id=user_id, items=items, key=key,
+                                limits=limits)  # fmt: skip
         if admission is not None:
             return _queued(user_id=user_id, items=items, key=key, fingerprint=fingerprint,
                            flash=flash, admission=admission, ticket_body=ticket_body,
@@ -106,6 +120,21 @@ def checkout_submit(
                        order_body=order_body, remember_refusals=remember_refusals)  # fmt: skip
 
 
+def checkout_refused_locally(
+    *, user_id: int, items: Sequence[dict[str, Any]], key: str
+) -> ShopError | None:
+    """The refusal this process can give this attempt by itself — a flash sale it knows is
+    sold out, and an attempt its gate never admitted — or None. Touches nothing remote (the
+    sale list is this process's; it is re-read from the database every FLASH_LIST_TTL)."""
+    flash = flash_sku_in(items)
+    if flash is None or not flash_sold_out(
+        sku_id=flash.sku_id, user_id=user_id, idempotency_key=key
+    ):
+        return None
+    checkout_observed("rejected", "out_of_stock")
+    return OutOfStock(extra={"sku": flash.code})
+
+
 GATE_REFUSALS = {
     "sold_out": "out_of_stock",
     "limit": "purchase_limit_exceeded",
@@ -114,7 +143,12 @@ GATE_REFUSALS = {
 
 
 def _flash_pass(
-    *, flash: FlashSku, user_id: int, items: Sequence[dict[str, Any]], key: str
+    *,
+    flash: FlashSku,
+    user_id: int,
+    items: Sequence[dict[str, Any]],
+    key: str,
+    limits: Sequence[tuple[str, str]],
 ) -> Admission | None:
     """The attempt at the sale's gate: the admission (``admitted``, or ``replay`` of one
     admitted before under this key), or the refusal raised as the error the buyer sees. None
@@ -125,6 +159,7 @@ def _flash_pass(
             user_id=user_id,
             quantity=flash_quantity(items, flash),
             idempotency_key=key,
+            limits=limits,
         )
     except GateUnavailable:
         return None
