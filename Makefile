@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test fuzz chaos lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash clean
+.PHONY: run test fuzz chaos lint format install migrate seed preheat services-run test-services bench bench-checkout bench-payments bench-reconcile bench-flash bench-all clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -102,6 +102,13 @@ bench-reconcile: install
 
 bench-flash: install
 	$(PY) bench/flash_sale.py
+
+## Every scenario above but reconcile, then one summary table (rate, p50/p99, errors, ratio to
+## the baseline, target, met?), also written to bench/results/summary-<UTC time>.md and .json.
+## BENCH_ARGS passes options to bench/all.py, e.g. BENCH_ARGS="--seconds 8 --only checkout"
+## or BENCH_ARGS="--profile docs/perf --tag after" (py-spy flame graphs). See docs/benchmarks.md.
+bench-all: install
+	$(PY) bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Checkout benchmark (issue: checkout).
 
-Under gunicorn (2 sync workers, services profile, outbox publishing to RabbitMQ on): checkouts/s
+Under gunicorn (config/gunicorn.py, services profile, outbox publishing to RabbitMQ on): checkouts/s
 and p50/p99 of ``POST /api/v1/orders/`` (one line, quantity 1, a fresh Idempotency-Key each
 time, a random one of 400 buyers) for (a) a random one of 200 SKUs and (b) one hot SKU. Each is
 compared with a raw psycopg baseline measured in the same run on the same PostgreSQL with the
@@ -46,9 +46,13 @@ from bench.common import (
     load,
     lua_list,
     manage,
+    minimal_gunicorn,
     print_table,
     save,
+    summary_row,
+    summary_rows,
     threaded_load,
+    web_model_text,
 )
 
 SPREAD_UNITS = 1_000_000  # per spread SKU: far more than a run can sell
@@ -337,8 +341,19 @@ def main() -> None:
                      **load_args)
             )  # fmt: skip
 
+    # For reference: what the same worker model serves when a request does (almost) nothing.
+    print("  will load: minimal Django view", flush=True)
+    with minimal_gunicorn(env, workers=2) as base:
+        minimal = load("minimal Django view (reference)", base + "/healthz", **load_args)
+
     print_table(
-        [(raw[0], raw[0]), (http[0], raw[0]), (raw[1], raw[1]), (http[1], raw[1])],
+        [
+            (raw[0], raw[0]),
+            (http[0], raw[0]),
+            (raw[1], raw[1]),
+            (http[1], raw[1]),
+            (minimal, raw[0]),
+        ],
         rate_label="checkouts/s",
         ratio_label="x raw",
     )
@@ -347,11 +362,26 @@ def main() -> None:
     print(
         f"\nHTTP checkout = {http[0].rps / raw[0].rps:.2f}x raw SQL (spread SKUs), "
         f"{http[1].rps / raw[1].rps:.2f}x (one hot SKU); {args.connections} connections, "
-        f"{args.seconds} s each, gunicorn 2 workers x 1 thread, load tool {http[0].tool}"
+        f"{args.seconds} s each, {web_model_text(env)}, load tool {http[0].tool}"
+    )
+    print(
+        f"minimal Django view (same worker model): {minimal.rps:.0f} req/s; HTTP checkout = "
+        f"{http[0].rps / minimal.rps:.2f}x of it (spread), {http[1].rps / minimal.rps:.2f}x (hot)"
     )
     print(f"command: {command}")
-    path = save("checkout", {"raw": raw, "http": http, "args": vars(args), "command": command})
+    path = save(
+        "checkout",
+        {"raw": raw, "http": http, "minimal": minimal, "args": vars(args), "command": command},
+    )
     print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    summary_rows(
+        [
+            summary_row(f"checkout, {kind}", result, baseline=f"raw SQL, {kind}",
+                        baseline_rps=baseline.rps, target=0.35)
+            for kind, result, baseline in [("spread SKUs", http[0], raw[0]),
+                                           ("one hot SKU", http[1], raw[1])]
+        ]
+    )  # fmt: skip
     held = audit(env)
     print(f"wall time: {time.monotonic() - began:.0f} s")
     if not held:

@@ -4,6 +4,14 @@ gunicorn, and a load generator (wrk when installed, a Python fallback otherwise)
 Benchmarks use their own databases (``shop_bench*``) and Redis database 14, so they never
 touch development or test data (``BENCH_DATABASE``, ``BENCH_REDIS_URL`` and ``BENCH_BROKER_URL``
 move them).
+
+Profiling: with ``BENCH_PROFILE=DIR`` every timed load on the shop's gunicorn is recorded by
+py-spy (one worker, wall-clock samples, idle included) as ``DIR/<scenario>[-<tag>].svg`` (tag:
+``BENCH_PROFILE_TAG``); ``BENCH_PROFILE_ONLY`` (a regular expression) limits it to the scenarios
+whose name it finds; ``BENCH_PROFILE_NAMES`` (JSON, {regular expression: file name}) profiles only
+the scenarios one finds, each under the name given.
+Summary: with ``BENCH_SUMMARY=FILE`` each script appends its headline rows to FILE (JSON lines,
+``summary_rows``), which ``bench/all.py`` collects into one table.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import socket
@@ -50,6 +59,15 @@ BENCH_ENV = {
     "CELERY_BROKER_URL": os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     "LOG_LEVEL": "WARNING",
 }
+
+
+PROFILE_DIR = os.environ.get("BENCH_PROFILE", "")
+PROFILE_TAG = os.environ.get("BENCH_PROFILE_TAG", "")
+PROFILE_ONLY = os.environ.get("BENCH_PROFILE_ONLY", "")
+PROFILE_NAMES: dict[str, str] = json.loads(os.environ.get("BENCH_PROFILE_NAMES") or "{}")
+PROFILE_RATE = int(os.environ.get("BENCH_PROFILE_RATE", "200"))
+PROFILE_IDLE = os.environ.get("BENCH_PROFILE_IDLE", "1") != "0"  # 0: on-CPU samples only
+_profiled_workers: list[list[int]] = []  # the worker pids of each shop gunicorn now serving
 
 
 def bench_env(**overrides: str) -> dict[str, str]:
@@ -207,30 +225,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def web_model(env: Mapping[str, str]) -> tuple[int, int]:
+    """(processes, threads per process) that config/gunicorn.py gives the shop under ``env``
+    (WEB_CONCURRENCY, WEB_THREADS and their defaults)."""
+    config = runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
+    return config["web_model"](env)
+
+
+def web_model_text(env: Mapping[str, str]) -> str:
+    """The worker model of ``web_model(env)`` for a report line."""
+    processes, threads = web_model(env)
+    return f"gunicorn {processes} processes x {threads} threads (gthread)"
+
+
 @contextlib.contextmanager
 def gunicorn(
     env: dict[str, str],
     *,
-    workers: int = 2,
-    threads: int = 1,
+    workers: int | None = None,
+    threads: int | None = None,
+    worker_class: str | None = None,
     log: Path | None = None,
     app: str = "config.wsgi",
 ) -> Iterator[str]:
-    """Serve the shop (or another WSGI ``app``) under gunicorn; yields the base URL. Its output
-    (the shop's log records too) goes to ``log`` if given, else to this process's."""
+    """Serve the shop (or another WSGI ``app``) under gunicorn as production does (with
+    config/gunicorn.py: its gthread worker model, ``web_model(env)`` processes and threads
+    unless ``workers`` / ``threads`` / ``worker_class`` say otherwise; no access log); yields
+    the base URL. Its
+    output (the shop's log records too) goes to ``log`` if given, else to this process's."""
     port = free_port()
+    default_workers, default_threads = web_model(env)
     with open(log or os.devnull, "w") as out:
         process = subprocess.Popen(
             [
                 PYTHON, "-m", "gunicorn", app,
+                "--config", str(ROOT / "config" / "gunicorn.py"),
                 "--bind", f"127.0.0.1:{port}",
-                "--workers", str(workers),
-                "--threads", str(threads),
+                "--workers", str(workers or default_workers),
+                "--threads", str(threads or default_threads),
+                *(["--worker-class", worker_class] if worker_class else []),
                 "--backlog", "2048",
                 "--log-level", "warning",
             ],
             cwd=ROOT,
-            env=env,
+            env={**env, "WEB_ACCESS_LOG": ""},
             **({"stdout": out, "stderr": subprocess.STDOUT} if log else {}),
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -245,18 +283,76 @@ def gunicorn(
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise SystemExit("gunicorn did not start") from None
                 time.sleep(0.2)
-        yield base
+        profiled = PROFILE_DIR and app == "config.wsgi"
+        if profiled:
+            _profiled_workers.append(_children(process.pid))
+        try:
+            yield base
+        finally:
+            if profiled:
+                _profiled_workers.pop()
     finally:
         process.terminate()
         process.wait(timeout=20)
 
 
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children (gunicorn's workers), ascending."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def profiled(name: str) -> Iterator[Path | None]:
+    """Record a flame graph of the shop's first gunicorn worker while the block runs, when
+    BENCH_PROFILE is set (and BENCH_PROFILE_ONLY or one of BENCH_PROFILE_NAMES, if set,
+    matches ``name``); yields the SVG's path, or None when nothing is recorded. py-spy samples
+    wall-clock time (``--idle``: waits on PostgreSQL, Redis or the bank count;
+    BENCH_PROFILE_IDLE=0: on-CPU samples only) and pauses the worker at each sample, so a
+    profiled run is slower than a measured one: profile and measure in separate runs."""
+    if not (PROFILE_DIR and _profiled_workers and _profiled_workers[-1]):
+        yield None
+        return
+    stem = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if PROFILE_NAMES:
+        stem = next((s for pattern, s in PROFILE_NAMES.items() if re.search(pattern, name)), "")
+    if not stem or (PROFILE_ONLY and not re.search(PROFILE_ONLY, name)):
+        yield None
+        return
+    spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
+    out = Path(PROFILE_DIR) / f"{stem}{'-' + PROFILE_TAG if PROFILE_TAG else ''}.svg"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    worker = _profiled_workers[-1][0]
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(worker), "--rate", str(PROFILE_RATE),
+         *(["--idle"] if PROFILE_IDLE else []), "--format", "flamegraph", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield out
+    finally:
+        process.send_signal(signal.SIGINT)  # py-spy stops sampling and writes the SVG
+        _, stderr = process.communicate(timeout=60)
+        if process.returncode != 0 or not out.exists():
+            print(f"  WARNING: py-spy failed on worker {worker}: {stderr.strip()[-500:]}")
+        else:
+            print(f"  flame graph of worker {worker}: {out}", flush=True)
+
+
 def minimal_gunicorn(
-    env: dict[str, str], *, workers: int = 2, threads: int = 1
+    env: dict[str, str], *, workers: int | None = None, threads: int | None = None
 ) -> contextlib.AbstractContextManager[str]:
     """The baseline of every HTTP benchmark: ``bench.minimal_site`` (a minimal Django view,
-    Security and Common middleware only) under gunicorn with the given worker model; yields its
-    base URL, whose ``/healthz`` is that view."""
+    Security and Common middleware only) under gunicorn with the shop's worker model and count
+    (config/gunicorn.py, unless ``workers`` / ``threads`` say otherwise); yields its base URL,
+    whose ``/healthz`` is that view."""
     return gunicorn(
         {**env, "DJANGO_SETTINGS_MODULE": "bench.minimal_site"},
         workers=workers,
@@ -328,11 +424,17 @@ def _ms(text: str) -> float:
 
 
 def _wrk(
-    name: str, url: str, seconds: int, connections: int, script: Path | None = None
+    name: str,
+    url: str,
+    seconds: int,
+    connections: int,
+    script: Path | None = None,
+    timeout: float | None = None,
 ) -> LoadResult:
     scripted = ["-s", str(script)] if script else []
+    timed = ["--timeout", f"{timeout}s"] if timeout else []  # wrk's default: 2 s
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *timed, *scripted, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return wrk_parse(name, url, seconds, out)
@@ -446,6 +548,7 @@ def load(
     warmup_script: Path | None = None,
     make_request: Callable[[], urllib.request.Request] | None = None,
     label: Labeller = status_label,
+    timeout: float | None = None,
 ) -> LoadResult:
     """Drive ``url`` for ``seconds`` after a short warm-up; wrk if installed.
 
@@ -453,16 +556,20 @@ def load(
     ``make_request`` (what the Python fallback sends instead, one new request per call).
     ``warmup_script`` replaces ``script`` during the warm-up (e.g. to consume other
     one-shot resources than the timed run); ``label(status, body, headers)`` names the
-    fallback's answers (the Lua script's ``response()`` does that under wrk).
+    fallback's answers (the Lua script's ``response()`` does that under wrk). ``timeout``
+    (seconds): an answer slower than this counts as a socket error and is left out of the
+    latencies (wrk's default 2 s; the Python fallback waits 10 s).
     """
     if shutil.which("wrk"):
         # warm-up: connections, caches, lazy imports
-        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script)
-        return _wrk(name, url, seconds, connections, script)
+        _wrk(name, url, WARMUP_SECONDS, connections, warmup_script or script, timeout)
+        with profiled(name):
+            return _wrk(name, url, seconds, connections, script, timeout)
     if script is not None and make_request is None:
         raise SystemExit(f"{name}: wrk is not installed and no Python fallback was given")
     _python_load(name, url, WARMUP_SECONDS, connections, make_request, label)
-    return _python_load(name, url, seconds, connections, make_request, label)
+    with profiled(name):
+        return _python_load(name, url, seconds, connections, make_request, label)
 
 
 # A wrk script sending a finite list prints this line (and flushes) once its last answer is in.
@@ -488,18 +595,20 @@ def run_list(
     None. Either gives up after ``limit`` seconds.
     """
     if not shutil.which("wrk"):
-        return _python_load(name, url, limit, connections, make_request, label), ""
+        with profiled(name):
+            return _python_load(name, url, limit, connections, make_request, label), ""
     began = time.monotonic()
-    process = subprocess.Popen(
-        ["wrk", "-t1", f"-c{connections}", f"-d{limit}s", "--timeout", "30s", "--latency",
-         "-s", str(script), url],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.strip() == LIST_DONE:
-            process.send_signal(signal.SIGINT)  # wrk prints its summary and exits
+    with profiled(name):
+        process = subprocess.Popen(
+            ["wrk", "-t1", f"-c{connections}", f"-d{limit}s", "--timeout", "30s", "--latency",
+             "-s", str(script), url],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip() == LIST_DONE:
+                process.send_signal(signal.SIGINT)  # wrk prints its summary and exits
     if process.wait() != 0:
         raise SystemExit(f"{name}: wrk failed (exit {process.returncode}):\n{''.join(lines)}")
     out = "".join(lines)
@@ -615,3 +724,52 @@ def save(scenario: str, payload: dict) -> Path:
     path = RESULTS / f"{scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o)))
     return path
+
+
+# --- The one summary table (bench/all.py) ------------------------------------------------------
+
+
+def summary_row(
+    scenario: str,
+    result: LoadResult | Mapping[str, Any],
+    *,
+    baseline: str,
+    baseline_rps: float | None,
+    target: float | None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One row of the summary table: a scenario's rate, latencies and errors (a LoadResult, or a
+    mapping with ``rps`` and optionally ``p50_ms``, ``p99_ms``, ``errors``, ``requests``), its
+    ratio to ``baseline`` (measured in the same run at ``baseline_rps``) and whether it meets
+    ``target`` (a minimum ratio; None when the baseline is not the one the target is set
+    against: ``met`` is then "n/a")."""
+    values = asdict(result) if isinstance(result, LoadResult) else dict(result)
+    rps = values["rps"]
+    ratio = rps / baseline_rps if baseline_rps else None
+    met = "n/a" if target is None or ratio is None else "yes" if ratio >= target else "no"
+    return {
+        "scenario": scenario,
+        "rps": rps,
+        "p50_ms": values.get("p50_ms"),
+        "p99_ms": values.get("p99_ms"),
+        "errors": values.get("errors"),
+        "requests": values.get("requests"),
+        "baseline": baseline,
+        "baseline_rps": baseline_rps,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+        "note": note,
+        "script": Path(sys.argv[0]).name,
+    }
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> None:
+    """Append a script's summary rows (``summary_row``) to the file BENCH_SUMMARY names, one
+    JSON object a line; without BENCH_SUMMARY, do nothing (the script ran on its own)."""
+    path = os.environ.get("BENCH_SUMMARY")
+    if not path:
+        return
+    with open(path, "a") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")

@@ -1,6 +1,6 @@
 """Flash-sale benchmark (issue: flash sale).
 
-Under gunicorn (2 sync workers, services profile, outbox publishing to RabbitMQ on) with a real
+Under gunicorn (config/gunicorn.py, services profile, outbox publishing to RabbitMQ on) with a real
 Celery worker beside it (``celery -A config worker`` on the Procfile's queues, concurrency 2):
 one SKU with 1,000 units on flash sale (``start_flash_sale --stock 1000 --per-user-limit 2``)
 and 20,000 purchase attempts from 2,000 buyers -- ``POST /api/v1/orders/``, one line of
@@ -81,6 +81,9 @@ from bench.common import (
     save,
     shell_json,
     status_label,
+    summary_row,
+    summary_rows,
+    web_model_text,
 )
 
 WARM_ATTEMPTS = 200  # checkouts of the warm-up SKU before anything is measured
@@ -100,7 +103,7 @@ ORDERS_API = "/api/v1/orders/"
 TICKET_API = "/api/v1/checkout-tickets/{ticket}/"
 SAMPLE_TICKETS = 20  # tickets also read back over HTTP, as a buyer polls them
 # The shop's and the minimal site's gunicorn: the same worker model for both.
-WORKERS, THREADS = 2, 1
+WORKERS = THREADS = None  # config/gunicorn.py's (WEB_CONCURRENCY, WEB_THREADS)
 
 
 # --- Shop side: these functions run inside `manage.py shell` on the bench env ----------------
@@ -627,6 +630,18 @@ def main() -> None:
                                "load_average_after": os.getloadavg()})  # fmt: skip
     print(f"command: {command}")
     print(f"raw results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    trivial, flash, after = report["trivial"], report["flash"], report["after_sell_out"]
+    summary_rows(
+        [
+            summary_row(f"flash-sale admission, whole sale "
+                        f"({args.users * args.attempts_each} attempts)", flash,
+                        baseline="minimal Django view, same worker model",
+                        baseline_rps=trivial.rps, target=0.5),
+            *([summary_row(f"flash-sale refusals after sell-out ({args.after} attempts)", after,
+                           baseline="minimal Django view, same worker model",
+                           baseline_rps=trivial.rps, target=0.8)] if after else []),
+        ]
+    )  # fmt: skip
     held = audit(env)
     load_after = os.getloadavg()
     print(f"load average {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
@@ -774,8 +789,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
     print(
         f"\n{'CORRECT' if not failures else 'FAILED: ' + '; '.join(failures)}: "
         f"{verified['flash']['live_lines']} flash orders, oversell {verified['flash']['oversell']};"
-        f" {args.connections} connections, gunicorn {WORKERS} workers x {THREADS} thread(s), "
-        f"1 celery worker "
+        f" {args.connections} connections, {web_model_text(env)}, 1 celery worker "
         f"(concurrency 2), load tool {flash.tool}"
     )
     return {

@@ -196,15 +196,27 @@ def _bump(group: str) -> None:
             cache_call("bump_version", cache.incr, key)
 
 
+_bump_listeners: list[Callable[[Sequence[str]], None]] = []
+
+
+def bump_listener_add(listener: Callable[[Sequence[str]], None]) -> None:
+    """Call ``listener(groups)`` after this process bumps groups (e.g. to drop what it keeps
+    in memory at once rather than at its next check)."""
+    _bump_listeners.append(listener)
+
+
 def groups_bump(groups: Iterable[str]) -> list[str]:
     """Invalidate everything stored under ``groups`` now. Returns the groups it could not reach
     (the cache was down); those are recorded for :func:`pending_invalidations_retry`."""
+    groups = list(groups)
     failed = []
     for group in groups:
         try:
             _bump(group)
         except CacheUnavailable:
             failed.append(group)
+    for listener in _bump_listeners:
+        listener(groups)
     if failed:
         from shop.models import PendingInvalidation
 

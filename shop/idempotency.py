@@ -187,7 +187,10 @@ def idempotency_begin(
         now = timezone.now()
         token = secrets.token_hex(16)
         try:
-            with transaction.atomic(using=using):
+            # One INSERT is a transaction of its own: outside a caller's transaction it runs in
+            # autocommit (no BEGIN/COMMIT round trips); inside one, in a savepoint.
+            in_transaction = connections[using].in_atomic_block
+            with transaction.atomic(using=using) if in_transaction else contextlib.nullcontext():
                 record = IdempotencyRecord.objects.using(using).create(
                     user_id=user_id,
                     key=key,

@@ -259,6 +259,8 @@ STATIC_PREFIX = "/static/"
 def _route(request: HttpRequest) -> str:
     """The route's name (bounded label values), never the raw path."""
     match = getattr(request, "resolver_match", None)
+    if match is None and (named := getattr(request, "metrics_route", None)):
+        return named  # answered by the page cache, which stored the route with the page
     if match is None:
         try:
             match = resolve(request.path_info)

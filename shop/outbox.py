@@ -6,6 +6,13 @@ every OUTBOX_RELAY_SECONDS) sweeps whatever the fast path could not publish, tak
 ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent relays never publish the same row at the same
 time; it leaves rows younger than OUTBOX_RELAY_GRACE to the fast path. A broker outage
 therefore delays tasks but never loses them, and a rolled-back transaction publishes nothing.
+
+The fast path runs off the request path: the commit hands the message to this process's
+:data:`background` publisher thread (a bounded queue, OUTBOX_PUBLISH_QUEUE), which publishes
+and records a batch with one UPDATE per shard. The request neither waits on the broker nor
+writes the bookkeeping. A full queue, a dead process or an open circuit leaves the row to the
+relay; the row itself was durable with the change, so nothing is lost. In the embedded
+profile (tasks run eagerly, no broker) the fast path stays inline.
 Delivery is at least once: a publish whose bookkeeping fails is published again, and every
 task receives ``message_id`` ("<alias>:<row id>") to deduplicate with :func:`consume_once`.
 Each row keeps the log context of the change that wrote it (request, user, order ids) and is
@@ -14,8 +21,10 @@ published with it, so the task logs with the original request id whoever publish
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import queue
 import threading
 import time
 from datetime import timedelta
@@ -23,13 +32,13 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from kombu.exceptions import KombuError
 
-from shop.logs import CELERY_HEADER, log_context_carry
+from shop.logs import CELERY_HEADER, log_context, log_context_carry
 from shop.models import OutboxMessage, ProcessedMessage
 from shop.sharding.loops import shards_each
 
@@ -174,10 +183,9 @@ def _locked(using: str):
     return queryset  # SQLite: one writer at a time anyway
 
 
-def _publish(using: str, message: OutboxMessage) -> bool:
-    """Publish one message and record the outcome (one UPDATE). The row must be ours: locked
-    by the relay, or fresh from this process's commit (the relay leaves those alone for
-    OUTBOX_RELAY_GRACE seconds)."""
+def _send(using: str, message: OutboxMessage) -> bool:
+    """Publish one message; on a broker error open the circuit and record the attempt (one
+    UPDATE) and return False. The caller records a success."""
     task = import_string(message.task)  # task names are their dotted paths
     kwargs = {**message.kwargs, "message_id": f"{using}:{message.id}"}
     try:
@@ -202,18 +210,155 @@ def _publish(using: str, message: OutboxMessage) -> bool:
         if not current_app.conf.task_always_eager:
             raise
         logger.exception("outbox: eager task %s failed", message)
-    OutboxMessage.objects.using(using).filter(id=message.id, published_at__isnull=True).update(
-        published_at=timezone.now(), attempts=F("attempts") + 1
-    )
     return True
 
 
+def _mark_published(using: str, ids: list[int]) -> None:
+    OutboxMessage.objects.using(using).filter(id__in=ids, published_at__isnull=True).update(
+        published_at=timezone.now(), attempts=F("attempts") + 1
+    )
+
+
+def _publish(using: str, message: OutboxMessage) -> bool:
+    """Publish one message and record the outcome (one UPDATE). The row must be ours: locked
+    by the relay, or fresh from this process's commit (the relay leaves those alone for
+    OUTBOX_RELAY_GRACE seconds)."""
+    if not _send(using, message):
+        return False
+    _mark_published(using, [message.id])
+    return True
+
+
+class _BackgroundPublisher:
+    """This process's fast path: one daemon thread fed by a bounded queue of committed
+    messages. It publishes them in arrival order and records each batch's success with one
+    UPDATE per shard, on its own database connections (closed when it has been idle for
+    OUTBOX_PUBLISHER_IDLE seconds). It never blocks the thread that hands it a message: when
+    the queue is full the message is left to the relay, like one written while the broker is
+    down. Started lazily per process (a forked worker starts its own)."""
+
+    BATCH = 100  # messages recorded per UPDATE at most
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._queue: queue.Queue[tuple[str, OutboxMessage] | None] = queue.Queue()
+
+    def _ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._queue = queue.Queue(maxsize=settings.OUTBOX_PUBLISH_QUEUE)
+            thread = threading.Thread(
+                target=self._run, args=(self._queue,), name="outbox-publisher", daemon=True
+            )
+            thread.start()
+            self._pid = os.getpid()
+
+    def submit(self, using: str, message: OutboxMessage) -> bool:
+        """Hand a committed message to the thread; False if the queue is full (the relay
+        publishes it after OUTBOX_RELAY_GRACE)."""
+        self._ensure_started()
+        try:
+            self._queue.put_nowait((using, message))
+        except queue.Full:
+            logger.warning("outbox: publisher queue full, %s waits for the relay", message)
+            return False
+        return True
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every message handed over so far is published or left to the relay
+        (tests, and a worker shutting down); False if that took longer than ``timeout``."""
+        if self._pid != os.getpid():
+            return True
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
+
+    def close_connections(self, timeout: float = 10.0) -> bool:
+        """Publish what was handed over, then close the thread's database connections (a
+        database about to be dropped, e.g. at the end of a test session)."""
+        if self._pid != os.getpid():
+            return True
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return False
+        return self.drain(timeout)
+
+    def _run(self, jobs: queue.Queue[tuple[str, OutboxMessage] | None]) -> None:
+        while True:
+            try:
+                first = jobs.get(timeout=settings.OUTBOX_PUBLISHER_IDLE)
+            except queue.Empty:
+                connections.close_all()  # this thread's own connections only
+                continue
+            if first is None:  # close_connections()
+                connections.close_all()
+                jobs.task_done()
+                continue
+            batch, close = [first], False
+            while len(batch) < self.BATCH:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:  # close_connections(), once this batch is done
+                    jobs.task_done()
+                    close = True
+                    break
+                batch.append(job)
+            try:
+                self._publish_batch(batch)
+            except Exception:
+                # The rows stay unpublished and the relay sends them; this thread lives on.
+                logger.exception("outbox: background publish failed; the relay will retry")
+                connections.close_all()
+            finally:
+                if close:
+                    connections.close_all()
+                for _ in batch:
+                    jobs.task_done()
+
+    @staticmethod
+    def _publish_batch(batch: list[tuple[str, OutboxMessage]]) -> None:
+        sent: dict[str, list[int]] = {}
+        for using, message in batch:
+            if not broker_health.available():
+                break  # the rest waits for the relay, like the fast path of a request
+            with log_context(**(message.context or {})):
+                if _send(using, message):
+                    sent.setdefault(using, []).append(message.id)
+        for using, ids in sent.items():
+            try:
+                _mark_published(using, ids)
+            except DatabaseError:
+                # Published but not recorded: the relay sends them again (consumers dedupe).
+                logger.exception("outbox: could not record %s published message(s)", len(ids))
+                connections[using].close()
+
+
+background = _BackgroundPublisher()
+atexit.register(background.close_connections, 2.0)
+
+
 def outbox_publish(*, using: str, message: OutboxMessage) -> bool:
-    """Fast path right after the commit that wrote ``message``: publish it now if the broker
-    seems up. No lock and no extra read: the relay does not touch rows this fresh."""
+    """Fast path right after the commit that wrote ``message``: hand it to this process's
+    background publisher if the broker seems up (inline when tasks run eagerly). No lock and
+    no extra read: the relay does not touch rows this fresh. True if it was taken (or, inline,
+    published)."""
     if not broker_health.available():
         return False
-    return _publish(using, message)
+    if current_app.conf.task_always_eager:
+        return _publish(using, message)
+    return background.submit(using, message)
 
 
 def outbox_relay(*, batch_size: int | None = None) -> int:

@@ -73,22 +73,20 @@ def fence_confirm(
 ) -> bool:
     """Run ``effect`` as the branch's confirm, once. False if it was already confirmed."""
     model = _model(using)
+    fences = model.objects.using(using).filter(**_fields(using, xid, branch, user_id))
     with transaction.atomic(using=using):
-        fence = (
-            model.objects.using(using)
-            .select_for_update()
-            .filter(**_fields(using, xid, branch, user_id))
-            .first()
-        )
-        if fence is None:
-            raise FenceRefused(f"{xid}/{branch}: confirm without a try")
-        if fence.status == FenceStatus.CONFIRMED:
-            return False
-        if fence.status != FenceStatus.TRIED:
+        # One conditional UPDATE marks and locks a tried fence; a concurrent confirm waits on
+        # the row lock, then finds it no longer `tried`.
+        if not fences.filter(status=FenceStatus.TRIED).update(
+            status=FenceStatus.CONFIRMED, updated_at=timezone.now()
+        ):
+            fence = fences.first()
+            if fence is None:
+                raise FenceRefused(f"{xid}/{branch}: confirm without a try")
+            if fence.status == FenceStatus.CONFIRMED:
+                return False
             raise FenceRefused(f"{xid}/{branch}: cannot confirm a {fence.status} branch")
         effect()
-        fence.status = FenceStatus.CONFIRMED
-        fence.save(using=using, update_fields=["status", "updated_at"])
         return True
 
 

@@ -16,8 +16,11 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
+from apps.inventory.selectors import stock_snapshot_clear
 from shop.cache import cache_health_reset
 from shop.logs import log_context_clear
+from shop.outbox import background
+from shop.pagecache import page_cache_local_reset
 from shop.ratelimit import ratelimit_local_reset
 from shop.resilience import breakers_local_reset
 from shop.runtime import runtime_defaults
@@ -96,12 +99,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fresh_cache() -> None:
     """Every test starts with an empty cache and a cache this process believes is up."""
     cache.clear()
+    page_cache_local_reset()
+    stock_snapshot_clear()
     cache_health_reset()
     runtime_defaults()
     ratelimit_local_reset()
     breakers_local_reset()
     yield
     cache_health_reset()
+
+
+@pytest.fixture(autouse=True)
+def _outbox_publisher_settled() -> None:
+    """A test's committed outbox messages are published (or left to the relay) before the next
+    test starts, so no late publish lands in another test's queues."""
+    yield
+    background.drain()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _outbox_publisher_connections_closed() -> None:
+    """The background publisher's own database connections are closed before the test
+    databases are dropped."""
+    yield
+    background.close_connections()
 
 
 @pytest.fixture(autouse=True)

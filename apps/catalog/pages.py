@@ -2,7 +2,8 @@
 
 Every catalog write bumps LISTING_GROUP (and category writes CATEGORY_GROUP too); those are
 the PAGE_CACHE_GROUPS, so any edit retires every shared page at once. Pages also show stock,
-so they live PAGE_CACHE_TTL seconds at most.
+so they are fresh for PAGE_CACHE_TTL seconds; past that a page is kept (up to
+PAGE_CACHE_MAX_AGE) only if the stock figures it showed are still the current ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Callable
 from django.http import HttpRequest
 
 from apps.catalog.selectors import SORTS
-from shop.pagecache import cacheable_page
+from apps.inventory.selectors import stock_available_snapshot
+from shop.pagecache import cacheable_page, page_dependency_register
 from shop.parsing import is_canonical_int
 
 # What each listing reads; any other parameter (a search, junk) is not shared.
@@ -49,3 +51,14 @@ def _no_parameters(request: HttpRequest) -> bool:
 shared_page = cacheable_page(_no_parameters)
 shared_listing = cacheable_page(_plain_browsing(STOREFRONT_LISTING_PARAMS))
 shared_api_listing = cacheable_page(_plain_browsing(API_LISTING_PARAMS))
+
+
+def _stock_unchanged(shown: dict[int, int]) -> bool:
+    """Whether every SKU a page showed still has the units it showed, by this process's stock
+    snapshot (no round trip but one query per AVAILABILITY_CACHE_TTL for all of them)."""
+    return stock_available_snapshot(list(shown)) == shown
+
+
+def page_dependencies_register() -> None:
+    """Called once at start-up (CatalogConfig.ready)."""
+    page_dependency_register("stock", _stock_unchanged)

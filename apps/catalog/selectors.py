@@ -21,6 +21,7 @@ from apps.catalog.models import Category, Product, Sku
 from apps.inventory.selectors import stock_available_many
 from shop.cache import cache_fetch
 from shop.errors import PageNotFound
+from shop.pagecache import page_depends_on
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ def _with_availability(documents: Sequence[dict[str, Any]]) -> list[dict[str, An
     except (OperationalError, InterfaceError) as exc:
         logger.warning("stock unavailable, showing the catalog without it: %s", exc)
         available = None
+    # A shared page showing these figures is kept past PAGE_CACHE_TTL only while they hold.
+    page_depends_on("stock", available if available is None else dict(available))
     result = []
     for document in documents:
         skus = [

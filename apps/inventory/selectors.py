@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -35,6 +37,60 @@ def stock_available_many(sku_ids: Sequence[int]) -> dict[int, int]:
         )
         result.update(fresh)
     return result
+
+
+class _StockSnapshot:
+    """Units available per SKU as this process last read them from the database, for the SKUs
+    it was asked about (at most STOCK_SNAPSHOT_MAX_SKUS). Every AVAILABILITY_CACHE_TTL seconds
+    the whole set is read again in one query; a SKU not seen before costs one query then."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[int, int] = {}
+        self._read_at = float("-inf")
+
+    def get(self, sku_ids: Sequence[int]) -> dict[int, int]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._read_at >= settings.AVAILABILITY_CACHE_TTL:
+                wanted = set(sku_ids)
+                if len(self._values) + len(wanted) <= settings.STOCK_SNAPSHOT_MAX_SKUS:
+                    wanted |= self._values.keys()
+                self._values = self._load(wanted)
+                self._read_at = now
+            elif missing := [sku_id for sku_id in sku_ids if sku_id not in self._values]:
+                if len(self._values) + len(missing) > settings.STOCK_SNAPSHOT_MAX_SKUS:
+                    self._values, missing = {}, list(sku_ids)  # start over from this request
+                self._values.update(self._load(set(missing)))
+            values = self._values
+            return {sku_id: values[sku_id] for sku_id in sku_ids}
+
+    @staticmethod
+    def _load(sku_ids: set[int]) -> dict[int, int]:
+        loaded = dict(
+            Stock.objects.filter(sku_id__in=sorted(sku_ids)).values_list("sku_id", "available")
+        )
+        return {sku_id: loaded.get(sku_id, 0) for sku_id in sku_ids}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values = {}
+            self._read_at = float("-inf")
+
+
+_snapshot = _StockSnapshot()
+
+
+def stock_available_snapshot(sku_ids: Sequence[int]) -> dict[int, int]:
+    """Units available per SKU, for display, from this process's snapshot: at most
+    AVAILABILITY_CACHE_TTL seconds old, one query per that interval for every SKU it holds
+    (thread-safe). What the page cache checks a kept page's stock figures against."""
+    return _snapshot.get(list(dict.fromkeys(sku_ids)))
+
+
+def stock_snapshot_clear() -> None:
+    """Forget this process's snapshot (tests)."""
+    _snapshot.clear()
 
 
 def reservations_held_expired(*, before: datetime, limit: int = 500) -> list[int]:

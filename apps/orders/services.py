@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from apps.catalog.selectors import SkuForCheckout, skus_for_checkout
@@ -198,40 +198,55 @@ def _order_write(
     expires_at: Any,
     on_created: Callable[[Order], None] | None,
 ) -> Order:
-    with transaction.atomic(using=alias):
-        order = Order.objects.using(alias).create(
-            id=order_id,
+    now = timezone.now()
+    order = Order(
+        id=order_id,
+        user_id=user_id,
+        currency=lines[0].sku.currency,
+        total=sum(line.total for line in lines),
+        expires_at=expires_at,
+        created_at=now,
+        updated_at=now,
+    )
+    order._state.db = alias  # its lines and event follow it to the shard
+    order_lines = [
+        OrderLine(
+            order=order,
             user_id=user_id,
-            currency=lines[0].sku.currency,
-            total=sum(line.total for line in lines),
-            expires_at=expires_at,
+            sku_id=line.sku.id,
+            sku_code=line.sku.code,
+            product_id=line.sku.product_id,
+            name=line.sku.name,
+            unit_price=line.sku.price,
+            quantity=line.quantity,
+            line_total=line.total,
         )
-        order_lines = OrderLine.objects.using(alias).bulk_create(
-            [
-                OrderLine(
-                    order=order,
-                    user_id=user_id,
-                    sku_id=line.sku.id,
-                    sku_code=line.sku.code,
-                    product_id=line.sku.product_id,
-                    name=line.sku.name,
-                    unit_price=line.sku.price,
-                    quantity=line.quantity,
-                    line_total=line.total,
-                )
-                for line in lines
-            ]
-        )
+        for line in lines
+    ]
+    event = OrderEvent(
+        order=order,
+        user_id=user_id,
+        kind="created",
+        from_status="",
+        to_status=S.PENDING_PAYMENT,
+        actor=user_actor(user_id),
+        reason="",
+        data={},
+        created_at=now,
+    )
+    with transaction.atomic(using=alias):
+        _order_rows_insert(alias, order, order_lines, event)
         # The lines are known: callers reading order.lines.all() need no second query
         # (stored the way prefetch_related stores them).
         lines_queryset = OrderLine.objects.using(alias).filter(order=order)
         lines_queryset._result_cache = order_lines
         lines_queryset._prefetch_done = True
+        # A new order has no payments and no refund requests: no query for those either.
         order._prefetched_objects_cache = {
             "lines": lines_queryset,
             "payments": order.payments.none(),
+            "refund_requests": order.refund_requests.none(),
         }
-        _event(order, "created", "", S.PENDING_PAYMENT, actor=user_actor(user_id))
         outbox_enqueue(
             using=alias,
             user_id=user_id,
@@ -242,6 +257,58 @@ def _order_write(
         if on_created is not None:
             on_created(order)
     return order
+
+
+def _insert_sql(
+    connection: Any, objs: Sequence[Any], *, returning: Sequence[str] = ()
+) -> tuple[str, list[Any]]:
+    """``INSERT INTO <table> (<every concrete column but an auto id>) VALUES …`` for ``objs``
+    (one model), values prepared the way ``save()`` prepares them."""
+    meta = objs[0]._meta
+    fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
+    quote = connection.ops.quote_name
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [
+        f.get_db_prep_save(getattr(obj, f.attname), connection) for obj in objs for f in fields
+    ]
+    # Identifiers come from the model's own metadata, every value is a parameter.
+    table, columns = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
+    values = ", ".join([row] * len(objs))
+    sql = f"INSERT INTO {table} ({columns}) VALUES {values}"  # noqa: S608  # nosec B608
+    if returning:
+        sql += f" RETURNING {', '.join(quote(column) for column in returning)}"
+    return sql, params
+
+
+def _order_rows_insert(alias: str, order: Order, lines: list[OrderLine], event: OrderEvent) -> None:
+    """Write a new order, its lines and its `created` event (inside the caller's transaction
+    on ``alias``); the instances get their ids and are marked saved.
+
+    On PostgreSQL it is one statement (data-modifying CTEs; the lines' foreign key to the order
+    is checked at the end of the statement), not three ORM round trips: checkout is the hot
+    path. Elsewhere (the embedded SQLite profile) the ORM writes them."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        order.save(using=alias, force_insert=True)
+        OrderLine.objects.using(alias).bulk_create(lines)
+        event.save(using=alias, force_insert=True)
+        return
+    order_sql, order_params = _insert_sql(connection, [order])
+    lines_sql, lines_params = _insert_sql(connection, lines, returning=["id", "sku_id"])
+    event_sql, event_params = _insert_sql(connection, [event], returning=["id"])
+    with connection.cursor() as cursor:
+        statement = (
+            f"WITH o AS ({order_sql}), l AS ({lines_sql}), e AS ({event_sql}) "  # noqa: S608  # nosec B608
+            "SELECT (SELECT id FROM e), (SELECT array_agg(ARRAY[id, sku_id]) FROM l)"
+        )
+        cursor.execute(statement, [*order_params, *lines_params, *event_params])
+        event.id, line_ids = cursor.fetchone()
+    ids_by_sku = {sku_id: line_id for line_id, sku_id in line_ids}  # one line per SKU
+    for line in lines:
+        line.id = ids_by_sku[line.sku_id]
+    for instance in (order, event, *lines):
+        instance._state.adding = False
+        instance._state.db = alias
 
 
 # --- Reading what a service needs --------------------------------------------------------------
@@ -262,11 +329,12 @@ def _locked(order: Order) -> Order:
     return Order.objects.using(order._state.db).select_for_update().get(id=order.id)
 
 
-def order_payment_start(*, order: Order) -> Order:
+def order_payment_start(*, order: Order, locked: bool = False) -> Order:
     """A payment begins (inside the caller's transaction on the order's shard): the order must
     be unpaid and not expired; it then can neither expire nor be cancelled until
-    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState."""
-    locked = _locked(order)
+    :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState.
+    ``locked``: the caller already holds the row's lock (:func:`order_lock`)."""
+    locked = order if locked else _locked(order)
     if locked.status != S.PENDING_PAYMENT:
         raise InvalidOrderState(
             f"An order that is {locked.status.replace('_', ' ')} cannot be paid.",
@@ -474,17 +542,22 @@ def order_mark_paid(
     reason: str = "payment captured",
     in_transaction: Callable[[Order], None] | None = None,
     commit_stock: bool = True,
+    known: Order | None = None,
 ) -> Order:
     """An unpaid order is paid: commit its stock and queue its processing (outbox).
 
     Raises InvalidOrderState unless it is `pending_payment`. ``in_transaction(order)`` runs in
     the same shard transaction (the payment's confirm records itself there). The stock is
     committed right after (``commit_stock=False``: the caller commits it after its own shard
-    transaction); if that fails the expiry sweep commits it (never releases it).
+    transaction); if that fails the expiry sweep commits it (never releases it). ``known``:
+    the order as the caller last read it, which saves reading it again (its status is checked
+    by the conditional UPDATE all the same).
     """
-    order = _order_for_update(order_id)
+    order = known if known is not None and known.id == order_id else _order_for_update(order_id)
     alias = order._state.db
-    with transaction.atomic(using=alias):
+    # No savepoint when the caller's transaction is open (the payment's confirm): any error
+    # here rolls that whole transaction back anyway.
+    with transaction.atomic(using=alias, savepoint=False):
         _transition(
             order,
             S.PAID,

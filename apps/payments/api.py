@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -93,6 +94,15 @@ class PaymentCreateApi(APIView):
             serializer = self.InputSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             data = serializer.validated_data
+            settled: dict[str, Any] = {}
+
+            def on_settled(payment: Payment) -> None:
+                # Inside the transaction that marks the payment succeeded: the key's response
+                # is stored with it (no transaction of its own), once that one commits.
+                settled["body"] = payment_body(payment)
+                claim.complete(status=201, body=settled["body"])
+                transaction.on_commit(lambda: settled.update(committed=True), using=claim.using)
+
             # A retry after a crash reports the payment the first request started.
             payment_id = claim.resume_or_start(
                 lambda attach: services.payment_pay(
@@ -101,8 +111,11 @@ class PaymentCreateApi(APIView):
                     method=data["method"],
                     channel=data.get("channel"),
                     on_started=lambda payment: attach(str(payment.id)),
+                    on_settled=on_settled,
                 )
             )
+            if settled.get("committed"):
+                return Response(settled["body"], status=201)
             body = payment_body(selectors.payment_get(payment_id=int(payment_id)))
             claim.remember(status=201, body=body)
             return Response(body, status=201)

@@ -197,9 +197,23 @@ CACHE_VERSION_TTL = env.int("CACHE_VERSION_TTL", default=24 * 3600)
 # Stock shown on pages is display-only (checkout reserves against the database), so a few
 # seconds of staleness buys a hot product page that does not query stock on every view.
 AVAILABILITY_CACHE_TTL = env.int("AVAILABILITY_CACHE_TTL", default=3)
+# Each process keeps the stock of at most this many SKUs in memory to check kept pages against
+# (apps.inventory.selectors.stock_available_snapshot), all re-read every AVAILABILITY_CACHE_TTL.
+STOCK_SNAPSHOT_MAX_SKUS = env.int("STOCK_SNAPSHOT_MAX_SKUS", default=20000)
 # Whole pages shared by anonymous readers (shop.pagecache) show stock too, so they live no
 # longer than the stock figures; edits still invalidate them at once through their groups.
 PAGE_CACHE_TTL = env.int("PAGE_CACHE_TTL", default=AVAILABILITY_CACHE_TTL)
+# A shared page past PAGE_CACHE_TTL whose catalog versions still match is checked against the
+# stock figures it showed and, if they are unchanged, kept for another PAGE_CACHE_TTL rather
+# than rendered again; this long after it was built it is always rendered again.
+PAGE_CACHE_MAX_AGE = env.int("PAGE_CACHE_MAX_AGE", default=60)
+# Each process reuses the catalog versions it read for this long (capped at PAGE_CACHE_TTL):
+# the longest a committed catalog edit can be served stale by a process that did not make it.
+PAGE_VERSION_CHECK_INTERVAL = env.float("PAGE_VERSION_CHECK_INTERVAL", default=1.0)
+# The in-process copy of shared pages (L1, per process, in front of Redis): at most this many
+# pages and this many bytes of page bodies (plus ~1 KiB per entry), least recently used out.
+PAGE_L1_MAX_ENTRIES = env.int("PAGE_L1_MAX_ENTRIES", default=2000)
+PAGE_L1_MAX_BYTES = env.int("PAGE_L1_MAX_BYTES", default=32 * 1024 * 1024)
 # How long the last copy of a shared page stays available for the "serve_stale" switch.
 STALE_PAGE_TTL = env.int("STALE_PAGE_TTL", default=3600)
 # Paths whose anonymous GETs are looked up in the page cache (views still opt in to storing).
@@ -318,6 +332,10 @@ ACQUIRER_WEBHOOK_SECRET = env("ACQUIRER_WEBHOOK_SECRET", default="sandbox-webhoo
 WEBHOOK_TOLERANCE_SECONDS = env.int("WEBHOOK_TOLERANCE_SECONDS", default=300)
 # Outbound calls to a channel: connect fast, and give up reading after the call timeout.
 CHANNEL_CONNECT_TIMEOUT = env.float("CHANNEL_CONNECT_TIMEOUT", default=1.0)
+# Seconds a web process reuses the channels' live health (a 300 s window in Redis) when it
+# ranks channels for a card payment, instead of reading it for every payment. Ranking is
+# advisory (the breaker decides at call time), and a second is nothing to a 300 s window.
+CHANNEL_HEALTH_CACHE_TTL = env.float("CHANNEL_HEALTH_CACHE_TTL", default=1.0)
 # Circuit breaker per channel (state shared through Redis). Defaults from the seed design:
 # open after 5 failures, call timeout 3 s, try again (half-open) after 30 s.
 BREAKER_FAILURE_THRESHOLD = env.int("BREAKER_FAILURE_THRESHOLD", default=5)
@@ -453,6 +471,13 @@ OUTBOX_PUBLISH_CONNECT_TIMEOUT = env.float("OUTBOX_PUBLISH_CONNECT_TIMEOUT", def
 # failed (a message written into a connection the broker has dropped is never lost silently).
 OUTBOX_PUBLISH_TIMEOUT = env.float("OUTBOX_PUBLISH_TIMEOUT", default=1.0)
 OUTBOX_KEEP_PUBLISHED_DAYS = env.int("OUTBOX_KEEP_PUBLISHED_DAYS", default=7)
+# Committed messages a process's background publisher may hold in memory. At ~1,000
+# checkouts/s a second of broker trouble fits; past it messages wait for the relay (their rows
+# are durable), and a queue that size costs a few MB at most.
+OUTBOX_PUBLISH_QUEUE = env.int("OUTBOX_PUBLISH_QUEUE", default=10_000)
+# The background publisher closes its database connections after this long without work, so
+# an idle process holds no extra connection; under load it keeps them.
+OUTBOX_PUBLISHER_IDLE = env.float("OUTBOX_PUBLISHER_IDLE", default=1.0)
 
 CELERY_BEAT_SCHEDULE = {
     "cache-invalidations-retry": {

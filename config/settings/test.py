@@ -33,3 +33,6 @@ RUNTIME_CONFIG_TTL = 3600
 AUTH_TOKEN_CACHE_TTL = 0
 # Every scrape reads the live state afresh (tests change it between scrapes).
 METRICS_LIVE_TTL = 0
+# Routing reads channel health afresh (tests record outcomes and rank at once);
+# tests/payments/test_card_payments.py turns the cache on where it is the subject.
+CHANNEL_HEALTH_CACHE_TTL = 0

@@ -193,7 +193,11 @@ class RabbitNode:
         with contextlib.suppress(AssertionError):
             wait_for(lambda: _port_open(self.port) or self.process.poll() is not None, timeout=90)
         if not _port_open(self.port):
-            raise RuntimeError(f"RabbitMQ node {self.name} did not start:\n{_tail(self.log)}")
+            node_log = self.dir / "log" / f"{self.name}.log"
+            raise RuntimeError(
+                f"RabbitMQ node {self.name} did not start (exit code {self.process.poll()}):\n"
+                f"{_tail(self.log)}\n--- {node_log.name} ---\n{_tail(node_log)}"
+            )
         return self
 
     def _groups(self) -> set[int]:
@@ -239,7 +243,9 @@ class Blackhole:
         self.sock.bind(("127.0.0.1", port))
         self.sock.listen(64)
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.port = port
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -249,9 +255,18 @@ class Blackhole:
                 return
 
     def close(self) -> None:
+        """Stop listening and drop the held connections; returns once the port is free.
+
+        A plain ``close()`` would not do: the accepting thread, blocked in ``accept()``, keeps
+        the listening socket alive in the kernel, so the port stays taken (and answering) until
+        the next client connects -- a node restarted on it fails to bind."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (EINVAL)
         self.sock.close()
+        self.thread.join(timeout=10)
         for conn in self.held:
             conn.close()
+        wait_for(lambda: not _port_open(self.port), timeout=30)
 
 
 class PostgresCluster:

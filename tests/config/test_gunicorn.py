@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import socket
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests import workers
 from tests.workers import ROOT, wait_for
@@ -30,12 +33,13 @@ def _healthz(port: int) -> int | None:
         return None
 
 
-def _start(port: int, home: Path, log: Path) -> subprocess.Popen:
+def _start(port: int, home: Path, log: Path, **extra: str) -> subprocess.Popen:
     env = workers.test_process_env(
         HOME=str(home),
         PORT=str(port),
         WEB_CONCURRENCY="1",
         DJANGO_SETTINGS_MODULE="config.settings.test",
+        **extra,
     )
     env.pop("GUNICORN_CONTROL_SOCKET", None)
     env.pop("XDG_RUNTIME_DIR", None)  # gunicorn's default would otherwise live there
@@ -79,3 +83,37 @@ def test_two_instances_share_a_host_without_a_control_socket_clash(tmp_path: Pat
         text = log.read_text().lower()
         assert "control socket" not in text, text  # neither listening on one nor failing to
     assert not list(home.rglob("gunicorn.ctl"))
+
+
+def _config(monkeypatch, **environ: str) -> dict:
+    for name in ("WEB_CONCURRENCY", "WEB_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
+
+
+def test_the_worker_model_is_gthread_sized_by_web_concurrency_and_web_threads(monkeypatch):
+    defaults = _config(monkeypatch)
+    assert (defaults["worker_class"], defaults["workers"], defaults["threads"]) == (
+        "gthread",
+        defaults["DEFAULT_WEB_CONCURRENCY"],
+        defaults["DEFAULT_WEB_THREADS"],
+    )
+    sized = _config(monkeypatch, WEB_CONCURRENCY="3", WEB_THREADS="6")
+    assert (sized["workers"], sized["threads"]) == (3, 6)
+    with pytest.raises(ValueError, match="WEB_THREADS"):
+        _config(monkeypatch, WEB_THREADS="0")
+
+
+def test_the_web_process_starts_gthread_workers_and_answers(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    port, log = _free_port(), tmp_path / "gunicorn.log"
+    process = _start(port, home, log, WEB_THREADS="3")
+    try:
+        wait_for(lambda: _healthz(port) == 200 or process.poll() is not None)
+        assert _healthz(port) == 200
+    finally:
+        _stop(process)
+    assert "Using worker: gthread" in log.read_text()

@@ -65,5 +65,8 @@ def test_widgets_off_hides_related_products(client):
     _switch("widgets_off", True)
     from django.core.cache import cache
 
+    from shop.pagecache import page_cache_local_reset
+
     cache.clear()
+    page_cache_local_reset()  # and this process's copy of the shared pages (L1)
     assert "Sibling Thing" not in client.get(url).content.decode()

@@ -3,12 +3,16 @@ lost answers, declines, and the recovery of payments left half-way."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
+from apps.orders import services as orders
 from apps.orders.models import Order
 from apps.payments.models import (
     Account,
@@ -18,8 +22,15 @@ from apps.payments.models import (
     Transfer,
 )
 from apps.payments.services import payment_pay, tcc_recover
-from apps.payments.services.channels import breaker_for, channels_rank
+from apps.payments.services.channels import (
+    breaker_for,
+    channels_rank,
+    health_for,
+    health_snapshot,
+)
+from shop import http as shop_http
 from shop.sharding import shard_for_id
+from tests.factories.catalog import product_with_skus
 from tests.orders.conftest import assert_invariants_hold
 
 ALL = "__all__"
@@ -165,6 +176,46 @@ def test_with_no_channel_left_the_payment_fails_cleanly(acquirer, channels, shop
     assert_invariants_hold()
 
 
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases=ALL, transaction=True)
+def test_card_payments_from_concurrent_threads_share_kept_connections_and_each_capture_once(
+    acquirer, channels, shopper
+):
+    # Given eight unpaid orders and one web process's threads paying them at once (gthread)
+    sku = product_with_skus(stock=20).skus.get()
+    unpaid = [
+        orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 1}])
+        for _ in range(8)
+    ]
+    shop_http.pool.clear()
+    made_before = shop_http.pool.made
+    start = threading.Barrier(len(unpaid))
+
+    def pay(order):
+        start.wait()
+        try:
+            return _pay(shopper, order)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=len(unpaid)) as executor:
+        payments = list(executor.map(pay, unpaid))
+
+    # Then each order is captured once at alpha, booked, and paid
+    assert [(p.status, p.channel) for p in payments] == [("succeeded", "alpha")] * len(unpaid)
+    assert len({p.id for p in payments}) == len(unpaid)
+    for payment in payments:
+        assert acquirer.payment("alpha", str(payment.id))["status"] == "captured"
+    assert all(_order(order).status == "paid" for order in unpaid)
+    # the 16 calls (authorize + capture each) went over kept connections, at most one per thread
+    assert shop_http.pool.made - made_before <= len(unpaid)
+    # and the channel's breaker and live health saw every call succeed
+    assert breaker_for("alpha").state() == "closed"
+    health = health_for("alpha").read()
+    assert (health.ok, health.total) == (2 * len(unpaid), 2 * len(unpaid))
+    assert_invariants_hold()
+
+
 def test_routing_filters_and_ranks(channels, settings):
     from datetime import time as clock
 
@@ -196,3 +247,50 @@ def test_a_lower_success_rate_ranks_a_channel_lower(channels, settings):
     ].channel.code == "beta"
     assert ranked[-1].channel.code == "alpha"
     assert "success 0%" in ranked[-1].reason(3, 3)
+
+
+def _first_channel(_: int) -> str:
+    """The best channel, ranked in a thread of its own (its own database connection)."""
+    try:
+        return channels_rank(method="card", amount=3000)[0].channel.code
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases=ALL, transaction=True)
+def test_routing_reuses_a_process_read_of_channel_health_for_its_ttl(
+    channels, settings, monkeypatch
+):
+    from shop.window import SlidingWindow
+
+    settings.CHANNEL_HEALTH_CACHE_TTL = 3600
+    health_snapshot.forget()
+    reads = []
+    real_read = SlidingWindow.read
+
+    def counted_read(window):
+        reads.append(window.name)
+        return real_read(window)
+
+    monkeypatch.setattr(SlidingWindow, "read", counted_read)
+    try:
+        # Given a first ranking (alpha healthy and fastest), read once per channel
+        assert channels_rank(method="card", amount=3000)[0].channel.code == "alpha"
+        channels_read = len(reads)
+        assert channels_read == len(
+            {c.channel.code for c in channels_rank(method="card", amount=3000)}
+        )
+        # When alpha starts failing, threads ranking within the TTL use this process's read
+        for _ in range(10):
+            health_for("alpha").record(ok=False, latency_ms=40)
+        with ThreadPoolExecutor(max_workers=8) as executor:
+            firsts = list(executor.map(_first_channel, range(32)))
+        assert firsts == ["alpha"] * 32
+        assert len(reads) == channels_read
+        # Then, once the read is forgotten (or the TTL passed), the failures count
+        health_snapshot.forget()
+        assert channels_rank(method="card", amount=3000)[-1].channel.code == "alpha"
+        assert len(reads) == 2 * channels_read
+    finally:
+        health_snapshot.forget()

@@ -18,16 +18,16 @@ pytestmark = [pytest.mark.needs_postgres, pytest.mark.django_db(databases="__all
 
 
 def test_a_broken_transaction_is_retried_later_and_the_healthy_one_is_still_driven(
-    shopper, order, monkeypatch
+    shopper, order, settings
 ):
-    # Given a healthy transaction left `trying` by a payer that died after freezing the wallet
-    with monkeypatch.context() as patched:
-        patched.setattr(coordinator, "_succeed", lambda tcc, payment: payment)
-        coordinator.payment_pay(order_id=order.id, user_id=shopper.id, method="wallet")
-    healthy = TccTransaction.objects.get(order_id=order.id)
-    TccTransaction.objects.filter(id=healthy.id).update(next_retry_at=timezone.now())
-    # and, due before it, a broken one whose payment row does not exist
+    # Given a healthy payment left half-way by a payer that died after its first transaction
+    # (the order's try): overdue, so recovery adopts it (presumed abort)
     alias = shard_for_id(order.id)
+    started = coordinator._wallet_order_try(order_id=order.id, user_id=shopper.id, on_started=None)
+    Payment.objects.using(alias).filter(id=started.id).update(
+        updated_at=timezone.now() - timedelta(seconds=settings.TCC_TRYING_TIMEOUT + 1)
+    )
+    # and, due before it, a broken one whose payment row does not exist
     ghost_payment = id_generate(alias=alias, logical=id_logical_shard(order.id))
     broken = TccTransaction.objects.create(
         xid=f"pay-{ghost_payment}",
@@ -40,8 +40,9 @@ def test_a_broken_transaction_is_retried_later_and_the_healthy_one_is_still_driv
 
     # When the recovery job runs
     counts = tcc_recover()
+    healthy = TccTransaction.objects.get(payment_id=started.id)
 
-    # Then the healthy one is finished (presumed abort: the wallet is unfrozen)
+    # Then the healthy one is finished (presumed abort: the wallet was never touched)
     assert counts == {"retry": 1, "cancelled": 1}
     assert TccTransaction.objects.get(id=healthy.id).status == "cancelled"
     wallet = Account.objects.get(key=f"wallet:{shopper.id}:EUR")

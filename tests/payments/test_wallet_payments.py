@@ -213,14 +213,15 @@ def test_a_payment_request_failing_after_it_started_the_payment_is_resumed_by_it
 
     from apps.payments.services import coordinator
 
-    def lost(tcc, payment):
+    def lost(payment):
         raise OperationalError("the default database went away")
 
-    # Given a request that started the payment, then failed before it could finish it
+    # Given a request that started the payment (the order's try committed), then failed
+    # before its next step, the wallet's transaction, could run
     path, key = f"/api/v1/orders/{order.id}/payments/", new_key()
     client = api_client(shopper)
     with monkeypatch.context() as patch:
-        patch.setattr(coordinator, "_pay_with_wallet", lost)
+        patch.setattr(coordinator, "_wallet_pay_and_decide", lost)
         failed = client.post(path, {"method": "wallet"}, format="json", HTTP_IDEMPOTENCY_KEY=key)
     assert failed.status_code == 503
     (started,) = Payment.objects.using(shard_for_id(order.id)).filter(order_id=order.id)
@@ -232,4 +233,34 @@ def test_a_payment_request_failing_after_it_started_the_payment_is_resumed_by_it
     assert retried.json()["id"] == str(started.id)
     payments = Payment.objects.using(shard_for_id(order.id)).filter(order_id=order.id)
     assert list(payments.values_list("id", flat=True)) == [started.id]
+    assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_a_declined_wallet_payment_is_cancelled_and_its_wallet_branch_fenced(shopper, order):
+    from apps.orders import services as orders
+    from apps.payments.models import TccBranch
+    from apps.payments.services import coordinator
+    from shop.models import TccFence
+    from tests.factories.users import UserFactory
+
+    broke = UserFactory(username="broke")  # no wallet at all
+    sku = order.lines.get().sku_code
+    order = orders.order_place(user_id=broke.id, items=[{"sku": sku, "quantity": 1}])
+    payment = payment_pay(order_id=order.id, user_id=broke.id, method="wallet")
+
+    assert (payment.status, payment.failure_code) == ("failed", "insufficient_funds")
+    tcc = TccTransaction.objects.get(payment_id=payment.id)
+    assert tcc.status == "cancelled"
+    assert dict(TccBranch.objects.filter(transaction=tcc).values_list("branch", "status")) == {
+        "order": "cancelled",
+        "wallet": "cancelled",
+    }
+    # nothing was frozen and nothing may be: the wallet's fence is `suspended`, so the wallet
+    # step run late (a slow duplicate) is refused
+    assert TccFence.objects.get(xid=tcc.xid, branch="wallet").status == "suspended"
+    with pytest.raises(coordinator._AlreadyDecided):
+        coordinator._wallet_pay_and_decide(payment)
+    assert not Transfer.objects.filter(reference=tcc.xid).exists()
+    assert _order(order).payment_started_at is None
     assert_invariants_hold()

@@ -103,3 +103,34 @@ def test_the_nightly_job_runs_at_two_and_reconciles_yesterday_for_every_card_cha
     assert result == {"alpha": "completed", "beta": "completed", "gamma": "completed"}
     yesterday = timezone.localdate() - timedelta(days=1)
     assert set(ReconciliationRun.objects.values_list("business_day", flat=True)) == {yesterday}
+
+
+def test_a_wallet_payment_abandoned_after_its_orders_try_is_cancelled_by_the_janitor(
+    shopper, settings
+):
+    from apps.orders.models import Order
+    from apps.payments.models import Account, TccTransaction
+    from apps.payments.services import coordinator
+
+    # Given a wallet payment whose payer died after its first transaction (the order's try):
+    # pending, the order held, no TCC row — and stuck past PAYMENT_STUCK_AFTER
+    sku = product_with_skus(stock=5).skus.get()
+    cache.clear()  # factories bypass the catalog services' invalidation
+    order = orders.order_place(user_id=shopper.id, items=[{"sku": sku.code, "quantity": 1}])
+    payment = coordinator._wallet_order_try(order_id=order.id, user_id=shopper.id, on_started=None)
+    alias = shard_for_id(order.id)
+    Payment.objects.using(alias).filter(id=payment.id).update(
+        updated_at=timezone.now() - timedelta(seconds=settings.PAYMENT_STUCK_AFTER + 1)
+    )
+
+    # When the janitor runs, then it settles it: adopted, presumed abort, the order payable
+    result = payments_stuck_janitor()
+    assert (result.settled, result.escalated) == ([payment.id], [])
+    payment.refresh_from_db()
+    assert (payment.status, payment.failure_code) == ("failed", "abandoned")
+    assert TccTransaction.objects.get(payment_id=payment.id).status == "cancelled"
+    assert Order.objects.using(alias).get(id=order.id).payment_started_at is None
+    wallet = Account.objects.get(key=f"wallet:{shopper.id}:EUR")
+    assert (wallet.available, wallet.frozen) == (10_000, 0)
+    assert not ManualReviewItem.objects.exists()
+    assert_invariants_hold()

@@ -1,14 +1,16 @@
 """Talking to card channels, and choosing one.
 
 Every call to a channel goes through :class:`ChannelClient`: the one HTTP client with explicit
-connect/read timeouts (BREAKER_CALL_TIMEOUT), the channel's circuit breaker (shared through
-Redis) and, for calls that are safe to repeat (our payment id is the channel's idempotency
-key), the retry policy. Outcomes feed the channel's live health: a sliding window in Redis.
+connect/read timeouts (BREAKER_CALL_TIMEOUT) on kept-alive connections (``shop.http.pool``, one
+pool per process, thread-safe), the channel's circuit breaker (shared through Redis) and, for
+calls that are safe to repeat (our payment id is the channel's idempotency key), the retry
+policy. Outcomes feed the channel's live health: a sliding window in Redis.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +23,7 @@ from apps.payments.models import PaymentChannel
 from shop.alerts import alert_raise
 from shop.http import HttpNoAnswer, HttpTimeout, HttpUnavailable, http_json
 from shop.resilience import BreakerOpen, CircuitBreaker, retry_call
-from shop.window import SlidingWindow
+from shop.window import SlidingWindow, WindowStats
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,37 @@ def health_for(code: str, window: int = HEALTH_WINDOW_SECONDS) -> SlidingWindow:
     return SlidingWindow(f"channel-health:{code}", window=window)
 
 
+class _HealthSnapshot:
+    """This process's recent reads of the channels' live health, for routing: each channel's
+    window is read from Redis at most once per CHANNEL_HEALTH_CACHE_TTL seconds instead of for
+    every payment. Thread-safe (web threads rank at once); a read happens outside the lock, so
+    a slow Redis holds up no other thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, tuple[float, WindowStats | None]] = {}
+
+    def read(self, code: str) -> WindowStats | None:
+        ttl = settings.CHANNEL_HEALTH_CACHE_TTL
+        if ttl > 0:
+            with self._lock:
+                entry = self._stats.get(code)
+            if entry is not None and time.monotonic() - entry[0] < ttl:
+                return entry[1]
+        stats = health_for(code).read()
+        if ttl > 0:
+            with self._lock:
+                self._stats[code] = (time.monotonic(), stats)
+        return stats
+
+    def forget(self) -> None:
+        with self._lock:
+            self._stats.clear()
+
+
+health_snapshot = _HealthSnapshot()
+
+
 class ChannelClient:
     def __init__(self, code: str) -> None:
         self.code = code
@@ -86,6 +119,7 @@ class ChannelClient:
                 body,
                 connect_timeout=settings.CHANNEL_CONNECT_TIMEOUT,
                 read_timeout=settings.BREAKER_CALL_TIMEOUT,
+                keep_alive=True,  # authorize and capture go to the same bank, back to back
             )
         except (HttpTimeout, HttpNoAnswer) as exc:
             self._failed(permit, started)
@@ -180,7 +214,8 @@ def _in_service(channel: PaymentChannel, now: datetime) -> bool:
 def channels_rank(*, method: str, amount: int, now: datetime | None = None) -> list[Candidate]:
     """Channels that can take this payment now, best first: enabled, supporting the method, in
     service hours, breaker not open, amount within limits; ranked by live success rate
-    (rounded to 5 %, so noise does not flip the order), then latency, then cost."""
+    (rounded to 5 %, so noise does not flip the order), then latency, then cost. The live
+    health is this process's read of at most CHANNEL_HEALTH_CACHE_TTL seconds ago."""
     now = now or timezone.now()
     candidates = []
     for channel in PaymentChannel.objects.filter(enabled=True).order_by("priority", "code"):
@@ -190,7 +225,7 @@ def channels_rank(*, method: str, amount: int, now: datetime | None = None) -> l
             continue
         if breaker_for(channel.code).state() == "open":
             continue
-        stats = health_for(channel.code).read()
+        stats = health_snapshot.read(channel.code)
         rate = stats.success_rate if stats and stats.success_rate is not None else 1.0
         latency = (
             stats.mean_latency_ms

@@ -8,7 +8,9 @@ Branches (each with a fence in its own database, see ``shop.tcc``):
   processing queued through the outbox), then its stock committed. cancel: payment `failed`,
   the order payable again (its stock stays reserved until it expires).
 * ``wallet`` (`default`) — try: freeze the amount; confirm: pay the merchant from the frozen
-  money; cancel: unfreeze.
+  money; cancel: unfreeze. A wallet payment's wallet is its last branch, so its try, the
+  decision and its confirm are one local transaction (see "Wallet" below and
+  docs/payments.md); a cancel (insufficient funds, an abandoned payment) finds nothing frozen.
 * ``channel:<code>`` (remote, fenced on `default`) — try: authorize at the bank (our payment id
   is its idempotency key); confirm: capture, then post the card capture to the ledger; cancel:
   void.
@@ -57,9 +59,11 @@ from apps.payments.services.channels import (
     channels_rank,
 )
 from shop.logs import log_context_bind
+from shop.models import FenceStatus, TccFence, TccShardFence
 from shop.review import review_file
 from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
+from shop.sharding.loops import shards_each
 from shop.tcc import FenceRefused, fence_cancel, fence_confirm, fence_try
 
 logger = logging.getLogger(__name__)
@@ -124,6 +128,7 @@ def payment_pay(
     method: str,
     channel: str | None = None,
     on_started: Callable[[Payment], None] | None = None,
+    on_settled: Callable[[Payment], None] | None = None,
 ) -> Payment:
     """Pay a buyer's unpaid order with their wallet or a card. Returns the payment, whose
     status is `succeeded`, `failed` (declined, insufficient funds, no channel), `pending`
@@ -131,12 +136,20 @@ def payment_pay(
 
     Raises OrderNotFound, InvalidOrderState (not payable) or PaymentInProgress (another payment
     of this order is live or succeeded). ``on_started(payment)`` runs in the transaction that
-    creates the payment (the idempotency key records it there).
+    creates the payment (the idempotency key records it there). ``on_settled(payment)`` runs
+    in the transaction on the order's shard that marks a wallet payment succeeded (the key
+    stores its response there); it does not run when the payment ends any other way.
     """
     if method not in METHODS:
         raise ValueError(f"unknown payment method {method!r}")
     if not id_is_plausible(order_id):
         raise OrderNotFound()
+    if method == WALLET:
+        payment = _pay_wallet(
+            order_id=order_id, user_id=user_id, on_started=on_started, on_settled=on_settled
+        )
+        PAYMENTS.labels(method, payment.status).inc()
+        return payment
     alias = shard_for_id(order_id)
     order = Order.objects.using(alias).filter(id=order_id, user_id=user_id).first()
     if order is None:
@@ -187,38 +200,184 @@ def payment_pay(
         raise
     _branch(tcc, "order", B.TRIED)
 
-    if method == WALLET:
-        payment = _pay_with_wallet(tcc, payment)
-    else:
-        payment = _pay_with_card(tcc, payment, requested=channel)
+    payment = _pay_with_card(tcc, payment, requested=channel)
     PAYMENTS.labels(method, payment.status).inc()
     return payment
 
 
-def _pay_with_wallet(tcc: TccTransaction, payment: Payment) -> Payment:
-    _branch(tcc, WALLET, B.REGISTERED)
+# --- Wallet: four transactions ------------------------------------------------------------------
+#
+# 1. shard   `_wallet_order_try`: the order branch's try — its fence, the order held, the
+#            payment `pending` (and the idempotency key's resource). No TCC row yet: a crash
+#            here leaves an orphan payment that recovery adopts and cancels (presumed abort).
+# 2. default `_wallet_pay_and_decide`: the TCC row inserted already `confirming`, the branch
+#            rows, the wallet's fence and the money (freeze + capture): the wallet is the last
+#            branch to try, so its try succeeding *is* the decision, and its confirm is made
+#            in the same local transaction. The row's unique xid refuses this transaction if
+#            recovery cancelled the orphan first (anti-hang).
+# 3. shard   `_confirm_order`: the order branch's confirm — fence, order `paid`, payment
+#            `succeeded`, the outbox message (and the idempotency key's response).
+# 4. default `_wallet_finish`: the stock committed, the TCC row and its order branch
+#            `confirmed`. A crash before it leaves `confirming`: recovery re-runs the
+#            (idempotent) confirm.
+
+
+class _AlreadyDecided(Exception):
+    def __init__(self, tcc: TccTransaction) -> None:
+        super().__init__(tcc.xid)
+        self.tcc = tcc
+
+
+def _pay_wallet(
+    *,
+    order_id: int,
+    user_id: int,
+    on_started: Callable[[Payment], None] | None,
+    on_settled: Callable[[Payment], None] | None,
+) -> Payment:
+    payment = _wallet_order_try(order_id=order_id, user_id=user_id, on_started=on_started)
+    log_context_bind(order_id=order_id, payment_id=payment.id)
     started = time.perf_counter()
     try:
-        fence_try(
-            using="default",
-            xid=tcc.xid,
-            branch=WALLET,
-            effect=lambda: ledger.wallet_freeze(
-                user_id=payment.user_id,
-                amount=payment.amount,
-                currency=payment.currency,
-                reference=tcc.xid,
-            ),
-        )
+        tcc = _wallet_pay_and_decide(payment)
     except InsufficientFunds as exc:
         attempt_observed(channel=WALLET, outcome="declined")
-        _branch(tcc, WALLET, B.FAILED, exc.message)
-        return _fail(tcc, payment, "insufficient_funds", exc.message)
+        return _wallet_declined(payment, exc.message)
+    except _AlreadyDecided as decided:  # recovery adopted it first: its decision stands
+        return _wallet_follow(decided.tcc, payment)
     attempt_observed(
         channel=WALLET, outcome="authorized", latency_ms=int((time.perf_counter() - started) * 1000)
     )
-    _branch(tcc, WALLET, B.TRIED)
-    return _succeed(tcc, payment)
+    try:
+        _confirm_order(tcc, payment, on_settled=on_settled, commit_stock=False)
+        _wallet_finish(tcc, payment)
+    except (DatabaseError, FenceRefused) as exc:
+        logger.warning("payment %s decided but not yet confirmed: %s", payment.id, exc)
+        _note_failure(tcc, exc)
+        return _payment(payment.id)
+    return payment
+
+
+def _wallet_order_try(
+    *, order_id: int, user_id: int, on_started: Callable[[Payment], None] | None
+) -> Payment:
+    """Transaction 1 (order's shard). Raises OrderNotFound, InvalidOrderState or
+    PaymentInProgress, leaving nothing behind."""
+    alias = shard_for_id(order_id)
+    try:
+        with transaction.atomic(using=alias):
+            order = orders.order_lock(order_id=order_id, owner_id=user_id)
+            orders.order_payment_start(order=order, locked=True)
+            payment_id = id_generate(alias=alias, logical=id_logical_shard(order_id))
+            # A fresh xid: no cancel can have come first, so a plain INSERT is the fence.
+            TccShardFence.objects.using(alias).create(
+                user_id=user_id, xid=f"pay-{payment_id}", branch="order", status=FenceStatus.TRIED
+            )
+            payment = Payment.objects.using(alias).create(
+                id=payment_id,
+                order=order,
+                user_id=user_id,
+                method=WALLET,
+                amount=order.total,
+                currency=order.currency,
+            )
+            if on_started is not None:
+                on_started(payment)
+    except IntegrityError as exc:  # the one live payment per order (a partial unique index)
+        raise PaymentInProgress() from exc
+    return payment
+
+
+def _wallet_pay_and_decide(payment: Payment) -> TccTransaction:
+    """Transaction 2 (`default`): log, decision and the wallet's money together. Raises
+    InsufficientFunds (nothing written) or _AlreadyDecided."""
+    xid, now = f"pay-{payment.id}", timezone.now()
+    try:
+        with transaction.atomic(using="default"):
+            tcc = TccTransaction.objects.create(
+                xid=xid,
+                payment_id=payment.id,
+                order_id=payment.order_id,
+                user_id=payment.user_id,
+                status=T.CONFIRMING,
+                next_retry_at=now + timedelta(seconds=settings.TCC_RETRY_INITIAL),
+            )
+            TccBranch.objects.bulk_create(
+                [
+                    TccBranch(transaction=tcc, branch="order", status=B.TRIED, updated_at=now),
+                    TccBranch(transaction=tcc, branch=WALLET, status=B.CONFIRMED, updated_at=now),
+                ]
+            )
+            TccFence.objects.create(xid=xid, branch=WALLET, status=FenceStatus.CONFIRMED)
+            ledger.wallet_pay(
+                user_id=payment.user_id,
+                amount=payment.amount,
+                currency=payment.currency,
+                reference=xid,
+            )
+    except IntegrityError:
+        existing = TccTransaction.objects.filter(xid=xid).first()
+        if existing is None:
+            raise
+        raise _AlreadyDecided(existing) from None
+    return tcc
+
+
+def _wallet_declined(payment: Payment, detail: str) -> Payment:
+    """Not enough money: the transaction is logged with its wallet branch failed and fenced
+    (`suspended`: nothing was frozen, nothing may be later), then cancelled as any other."""
+    xid, now = f"pay-{payment.id}", timezone.now()
+    try:
+        with transaction.atomic(using="default"):
+            tcc = TccTransaction.objects.create(
+                xid=xid,
+                payment_id=payment.id,
+                order_id=payment.order_id,
+                user_id=payment.user_id,
+                next_retry_at=now + timedelta(seconds=settings.TCC_TRYING_TIMEOUT),
+            )
+            TccBranch.objects.bulk_create(
+                [
+                    TccBranch(transaction=tcc, branch="order", status=B.TRIED, updated_at=now),
+                    TccBranch(
+                        transaction=tcc,
+                        branch=WALLET,
+                        status=B.FAILED,
+                        detail=detail[:300],
+                        updated_at=now,
+                    ),
+                ]
+            )
+            TccFence.objects.create(xid=xid, branch=WALLET, status=FenceStatus.SUSPENDED)
+    except IntegrityError:
+        existing = TccTransaction.objects.filter(xid=xid).first()
+        if existing is None:
+            raise
+        return _wallet_follow(existing, payment)
+    return _fail(tcc, payment, "insufficient_funds", detail)
+
+
+def _wallet_follow(tcc: TccTransaction, payment: Payment) -> Payment:
+    """Another process decided this payment first: help its decision along (idempotent)."""
+    try:
+        _act(tcc)
+    except (DatabaseError, FenceRefused) as exc:
+        logger.warning("payment %s: following %s not finished yet: %s", payment.id, tcc.xid, exc)
+    return _payment(payment.id)
+
+
+def _wallet_finish(tcc: TccTransaction, payment: Payment) -> None:
+    """Transaction 4 (`default`): the paid order's stock committed, the transaction closed."""
+    now = timezone.now()
+    with transaction.atomic(using="default"):
+        orders.order_stock_commit(order_id=payment.order_id)
+        TccBranch.objects.filter(transaction=tcc, branch="order").update(
+            status=B.CONFIRMED, updated_at=now
+        )
+        TccTransaction.objects.filter(id=tcc.id, status=T.CONFIRMING).update(
+            status=T.CONFIRMED, next_retry_at=None, updated_at=now
+        )
+    tcc.status, tcc.next_retry_at = T.CONFIRMED, None
 
 
 def _pay_with_card(tcc: TccTransaction, payment: Payment, *, requested: str | None) -> Payment:
@@ -471,8 +630,34 @@ def _channel_void(tcc: TccTransaction, client: ChannelClient, payment_id: int) -
             raise
 
 
-def _confirm_order(tcc: TccTransaction, payment: Payment) -> None:
+def _confirm_order(
+    tcc: TccTransaction,
+    payment: Payment,
+    *,
+    on_settled: Callable[[Payment], None] | None = None,
+    commit_stock: bool = True,
+) -> None:
+    """The order branch's confirm (one transaction on the shard). With ``commit_stock`` the
+    stock is committed after it (idempotent, so also when an earlier run confirmed the order
+    and died before committing it) and the branch marked confirmed."""
     alias = payment._state.db
+
+    def settled(order: Order) -> None:
+        now = timezone.now()
+        Payment.objects.using(alias).filter(id=payment.id).update(
+            status=PaymentStatus.SUCCEEDED,
+            captured_amount=payment.amount,
+            settled_at=now,
+            updated_at=now,
+        )
+        payment.status, payment.captured_amount = PaymentStatus.SUCCEEDED, payment.amount
+        payment.settled_at = payment.updated_at = now
+        if on_settled is not None:
+            # A wallet payment records no channel attempts: its reply needs no query for them.
+            payment._prefetched_objects_cache = {
+                "attempts": PaymentAttempt.objects.using(alias).none()
+            }
+            on_settled(payment)
 
     def effect() -> None:
         orders.order_mark_paid(
@@ -480,23 +665,15 @@ def _confirm_order(tcc: TccTransaction, payment: Payment) -> None:
             actor="system",
             reason=f"payment {payment.id} captured",
             commit_stock=False,
-            in_transaction=lambda order: (
-                Payment.objects.using(alias)
-                .filter(id=payment.id)
-                .update(
-                    status=PaymentStatus.SUCCEEDED,
-                    captured_amount=payment.amount,
-                    settled_at=timezone.now(),
-                    updated_at=timezone.now(),
-                )
-            ),
+            in_transaction=settled,
+            # The live request's own order row (from its try): not read again.
+            known=payment.order if Payment.order.is_cached(payment) else None,
         )
 
-    if fence_confirm(
-        using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id, effect=effect
-    ):
+    fence_confirm(using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id, effect=effect)
+    if commit_stock:
         orders.order_stock_commit(order_id=payment.order_id)
-    _branch(tcc, "order", B.CONFIRMED)
+        _branch(tcc, "order", B.CONFIRMED)
 
 
 def _cancel(tcc: TccTransaction) -> None:
@@ -591,9 +768,75 @@ def _decide_stale(tcc: TccTransaction) -> None:
     _act(tcc)
 
 
+def _orphan_adopt(*, payment_id: int, order_id: int, user_id: int) -> bool:
+    """A wallet payment whose order branch was tried but whose payer died before the wallet's
+    transaction (so no TCC row): presumed abort. The row is inserted `cancelling` (due now);
+    its unique xid is also what refuses the wallet's transaction should that payer still be
+    alive (anti-hang). False when the payer's own row got there first."""
+    now = timezone.now()
+    try:
+        with transaction.atomic(using="default"):
+            tcc = TccTransaction.objects.create(
+                xid=f"pay-{payment_id}",
+                payment_id=payment_id,
+                order_id=order_id,
+                user_id=user_id,
+                status=T.CANCELLING,
+                next_retry_at=now,
+            )
+            TccBranch.objects.bulk_create(
+                [
+                    TccBranch(transaction=tcc, branch="order", status=B.TRIED, updated_at=now),
+                    TccBranch(transaction=tcc, branch=WALLET, status=B.REGISTERED, updated_at=now),
+                ]
+            )
+    except IntegrityError:
+        return False
+    Payment.objects.using(shard_for_id(payment_id)).filter(id=payment_id, failure_code="").update(
+        failure_code="abandoned", failure_detail="not completed in time", updated_at=now
+    )
+    logger.warning(
+        "wallet payment %s abandoned before its wallet was tried; cancelling", payment_id
+    )
+    return True
+
+
+def _orphans_adopt(*, limit: int) -> int:
+    """Adopt every wallet payment left `pending` over TCC_TRYING_TIMEOUT without a TCC row
+    (one indexed query per shard, one on `default`)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.TCC_TRYING_TIMEOUT)
+    found = shards_each(
+        "tcc_orphans",
+        lambda alias: list(
+            Payment.objects.using(alias)
+            .filter(status=PaymentStatus.PENDING, method=WALLET, updated_at__lt=cutoff)
+            .order_by("updated_at")
+            .values_list("id", "order_id", "user_id")[:limit]
+        ),
+    )
+    pending = [row for rows in found.values() for row in rows]
+    if not pending:
+        return 0
+    logged = set(
+        TccTransaction.objects.filter(payment_id__in=[row[0] for row in pending]).values_list(
+            "payment_id", flat=True
+        )
+    )
+    return sum(
+        _orphan_adopt(payment_id=payment_id, order_id=order_id, user_id=user_id)
+        for payment_id, order_id, user_id in pending
+        if payment_id not in logged
+    )
+
+
 def tcc_recover(*, limit: int = 100) -> dict[str, int]:
-    """Drive every open transaction that is due (beat, every TCC_RECOVERY_SECONDS), backing
-    off exponentially on failure. Returns counts by resulting status."""
+    """Adopt orphan wallet payments, then drive every open transaction that is due (beat,
+    every TCC_RECOVERY_SECONDS), backing off exponentially on failure. Returns counts by
+    resulting status."""
+    try:
+        _orphans_adopt(limit=limit)
+    except DatabaseError as exc:  # `default` down: nothing else can be driven either
+        logger.warning("orphan payments not adopted yet: %s", exc)
     now = timezone.now()
     due = TccTransaction.objects.filter(
         status__in=[T.TRYING, T.CONFIRMING, T.CANCELLING], next_retry_at__lte=now
@@ -618,6 +861,8 @@ def payment_settle_now(*, payment_id: int) -> str | None:
     """Settle one payment's transaction now (a webhook arrived, an operator asked): the
     channel is asked, never trusted blindly. Returns the transaction's status."""
     tcc = TccTransaction.objects.filter(payment_id=payment_id).first()
+    if tcc is None:
+        tcc = _orphan_adopted(payment_id)
     if tcc is None or tcc.status in (T.CONFIRMED, T.CANCELLED):
         return tcc.status if tcc else None
     if tcc.status == T.TRYING and tcc.next_retry_at and tcc.next_retry_at > timezone.now():
@@ -631,6 +876,21 @@ def payment_settle_now(*, payment_id: int) -> str | None:
     except (ChannelError, DatabaseError, FenceRefused) as exc:
         _note_failure(tcc, exc)
         return tcc.status
+
+
+def _orphan_adopted(payment_id: int) -> TccTransaction | None:
+    """The TCC row of an orphan wallet payment (see :func:`_orphan_adopt`), adopted now if it
+    has been pending over TCC_TRYING_TIMEOUT; None for any other payment without one."""
+    cutoff = timezone.now() - timedelta(seconds=settings.TCC_TRYING_TIMEOUT)
+    payment = (
+        Payment.objects.using(shard_for_id(payment_id))
+        .filter(id=payment_id, status=PaymentStatus.PENDING, method=WALLET, updated_at__lt=cutoff)
+        .first()
+    )
+    if payment is None:
+        return None
+    _orphan_adopt(payment_id=payment.id, order_id=payment.order_id, user_id=payment.user_id)
+    return TccTransaction.objects.filter(payment_id=payment_id).first()
 
 
 __all__ = ["payment_pay", "payment_settle_now", "tcc_drive", "tcc_recover"]
