@@ -187,6 +187,44 @@ return {1, 0, fewest, 0}
 """
 
 
+# The same GCRA step as a Lua function, for a script that checks limits and does its own work
+# in one call (the flash-sale gate): gcra_all(keys, params, min_ttl_ms) with params the flat
+# (interval_us, tolerance_us, cost) of each key; nil when every key admits (each then
+# written), else {retry_us, 1-based index of the refusing key}. Keep it in step with
+# _GCRA_SCRIPT.
+GCRA_LUA_FUNCTION = """
+local function gcra_all(keys, params, min_ttl_ms)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local new_tats = {}
+  for i, key in ipairs(keys) do
+    local interval = tonumber(params[3 * i - 2])
+    local tolerance = tonumber(params[3 * i - 1])
+    local cost = tonumber(params[3 * i])
+    local tat = tonumber(redis.call('GET', key))
+    if tat == nil or tat < now then tat = now end
+    local new_tat = tat + cost * interval
+    local allow_at = new_tat - tolerance
+    if now < allow_at then return {allow_at - now, i} end
+    new_tats[i] = new_tat
+  end
+  for i, key in ipairs(keys) do
+    local ttl_ms = math.max(min_ttl_ms, math.ceil((new_tats[i] - now) / 1000))
+    redis.call('SET', key, string.format('%d', new_tats[i]), 'PX', string.format('%d', ttl_ms))
+  end
+  return nil
+end
+"""
+
+
+def gcra_script_inputs(checks: Sequence[Check]) -> tuple[list[str], list[int]]:
+    """The Redis keys of ``checks`` and the arguments ``gcra_all`` takes for them, then
+    MIN_TTL_MS last: (keys, [interval_us, tolerance_us, cost, ..., min_ttl_ms])."""
+    keys = [_redis_key(check.key) for check in checks]
+    args = [n for check in checks for n in _params(check.limit, check.cost)]
+    return keys, [*args, MIN_TTL_MS]
+
+
 class _Params(NamedTuple):
     interval_us: int
     tolerance_us: int

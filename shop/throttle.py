@@ -18,6 +18,7 @@ limiter is unreachable. The ``read_only`` switch refuses every write with 503 he
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -49,6 +50,34 @@ class RateLimited(ShopError):
 
 def _refuse(retry_after: float, *, layer: str) -> None:
     raise RateLimited(extra={"layer": layer}, retry_after=max(1, math.ceil(retry_after)))
+
+
+def limit_checks(layers: Sequence[tuple[str, str]]) -> list[Check]:
+    """The GCRA checks of ``layers`` ((layer, key) pairs), the operators' disabled ones
+    skipped: for a caller that runs them in a script of its own (see GCRA_LUA_FUNCTION)."""
+    checks = []
+    for layer, key in layers:
+        if (rule := limit_rule(layer)) is not None:
+            checks.append(Check(f"{layer}:{key}", Limit(rule.rate, rule.period, rule.burst), layer))
+    return checks
+
+
+def rate_limited(retry_after: float, *, layer: str) -> RateLimited:
+    """The refusal of a limit checked in another script (counted like the others)."""
+    RATE_LIMITED.labels(layer).inc()
+    return RateLimited(extra={"layer": layer}, retry_after=max(1, math.ceil(retry_after)))
+
+
+# Returned by a view's ``answer_before_limits`` hook: the view checks this request's limit
+# layers itself, in one call with its own work (see ThrottleMiddleware); the layers are left
+# on the request under LIMIT_LAYERS.
+LIMITS_IN_VIEW = object()
+LIMIT_LAYERS = "shop_limit_layers"
+
+
+def request_limit_layers(request: HttpRequest) -> list[tuple[str, str]]:
+    """The limit layers the middleware left for the view to check (none when it checked them)."""
+    return list(getattr(request, LIMIT_LAYERS, ()))
 
 
 def limits_check(layers: list[tuple[str, str]], *, fail: str = "open") -> None:
@@ -202,7 +231,21 @@ class ThrottleMiddleware:
                 raise ServiceUnavailable(
                     "The shop is in browse-only mode for a moment; orders are paused."
                 )
+            # The view may answer this request by itself, touching nothing remote (a flash
+            # sale this process knows is sold out): counting it would cost more than that.
+            early = _view_option(view, "answer_before_limits", None) if write else None
+            response = early(request) if early is not None else None
             route = match.route if match else request.path_info
+            if response is LIMITS_IN_VIEW and fail == "open":
+                # The view checks the layers in one call with its own work (the flash-sale
+                # gate): the same layers, keys and rules, GCRA throughout.
+                layers = [("system", "all"), ("endpoint", route)]
+                if _view_option(view, "client_write_limit", True):
+                    layers.append(("user_writes", client_identity(request)))
+                setattr(request, LIMIT_LAYERS, layers)
+                return None
+            if response is not None and response is not LIMITS_IN_VIEW:
+                return response
             limits_check([("system", "all"), ("endpoint", route)], fail=fail)
             if write:
                 if _is_login_route(match):
@@ -221,7 +264,10 @@ def _view_option(view: Any, name: str, default: Any) -> Any:
     class (DRF's ``as_view()`` keeps the class as ``view.cls``): the app decides, not this
     module. ``client_write_limit = False``: not counted under ``user_writes`` (e.g. a bank's
     signed webhooks, which all come from the bank's few addresses). ``throttle_fail =
-    "closed"``: refused (503) rather than limited per process while Redis is unreachable."""
+    "closed"``: refused (503) rather than limited per process while Redis is unreachable.
+    ``answer_before_limits(request)``: a response the view gives without any remote work
+    (checked before the limits, not counted by them), LIMITS_IN_VIEW when the view checks
+    this request's layers itself, or None to go on as usual."""
     return getattr(view, name, getattr(getattr(view, "cls", None), name, default))
 
 

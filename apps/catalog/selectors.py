@@ -433,3 +433,7 @@ def product_ids_for_preheat(
 
 def visible_category_ids() -> list[int]:
     return _visible_category_ids()
+
+
+def sku_get_by_code(code: str) -> Sku | None:
+    return Sku.objects.filter(code=code).first()

@@ -83,7 +83,7 @@ def _channels() -> list[Any]:
 
 
 def _flash_sales() -> list[Any]:
-    from apps.orders.flash import flash_sales_status
+    from apps.flashsales.selectors import flash_sales_status
 
     return flash_sales_status()
 

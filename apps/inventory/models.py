@@ -72,22 +72,3 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} × SKU {self.sku_id} for order {self.order_id} ({self.status})"
-
-
-class FlashSale(models.Model):
-    """A SKU on flash sale: checkouts for it are admitted by the Redis gate and queued. The
-    database reservation stays the truth; the gate only keeps the crowd off the database."""
-
-    sku = models.OneToOneField("catalog.Sku", on_delete=models.PROTECT, related_name="+")
-    # The per-buyer limit is the SKU's own (Sku.per_user_limit): one value, which the order
-    # placement and the gate both read.
-    units = models.PositiveIntegerField(help_text="Units put on sale when it started.")
-    active = models.BooleanField(default=True)
-    started_at = models.DateTimeField(auto_now_add=True)
-    ended_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-started_at"]
-
-    def __str__(self) -> str:
-        return f"flash sale of SKU {self.sku_id} ({'active' if self.active else 'ended'})"

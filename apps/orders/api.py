@@ -3,21 +3,27 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from apps.orders import flash, selectors, services
+from apps.flashsales.selectors import flash_sku_in
+from apps.orders import checkout, selectors
 from apps.orders.exceptions import OrderNotFound
 from apps.orders.models import CheckoutTicket, Order
-from shop.errors import NotFound
-from shop.idempotency import HEADER, Replay, idempotent_request, validate_key
+from shop.authentication import request_token_user
+from shop.errors import NotFound, ShopError, render_error
+from shop.idempotency import HEADER, REPLAY_HEADER, request_fingerprint, validate_key
 from shop.parsers import PageField, StrictIntegerField
-from shop.sharding import shard_for_user
+from shop.parsing import ParseRefused, json_loads_bounded
+from shop.throttle import LIMITS_IN_VIEW, request_limit_layers
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER, str, OpenApiParameter.HEADER, required=True, description="1-255 printable characters"
@@ -84,8 +90,43 @@ class OrderItemInputSerializer(serializers.Serializer):
     quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_LINE_MAX_QUANTITY)
 
 
+def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | None:
+    """The answer to a well-formed checkout by a signed-in buyer that this process can give
+    without any remote work (a flash sale it knows is sold out), before the rate limits count
+    it; LIMITS_IN_VIEW for another flash-sale attempt (its limits are checked with the gate);
+    None for anything else, which takes the full path (and gets its usual answer there)."""
+    if request.content_type != "application/json":
+        return None
+    try:
+        if (resolved := request_token_user(request)) is None:
+            return None
+        key = validate_key(request.headers.get(HEADER))
+        data = json_loads_bounded(request.body)
+    except (AuthenticationFailed, DatabaseError, ShopError, ParseRefused):
+        return None
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= settings.ORDER_MAX_LINES:
+        return None
+    for item in items:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("sku"), str)
+            and type(item.get("quantity")) is int
+            and 1 <= item["quantity"] <= settings.ORDER_LINE_MAX_QUANTITY
+        ):
+            return None
+    refusal = checkout.checkout_refused_locally(user_id=resolved[0].pk, items=items, key=key)
+    if refusal is not None:
+        return render_error(request, refusal)
+    # A flash-sale attempt: its rate limits are checked with the gate, in one Redis call.
+    return LIMITS_IN_VIEW if flash_sku_in(items) is not None else None
+
+
 class OrderCreateApi(APIView):
     """Check out: reserve the items and create an order awaiting payment. Idempotent."""
+
+    # A flash sale's refusals after its sell-out are answered by this process alone.
+    answer_before_limits = staticmethod(order_create_answer_early)
 
     class InputSerializer(serializers.Serializer):
         # Typed, so the schema (and clients or fuzzers working from it) knows what an item is.
@@ -99,33 +140,23 @@ class OrderCreateApi(APIView):
         responses={201: OrderOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        user_id = request.user.id
-        validate_key(request.headers.get(HEADER))
+        key = validate_key(request.headers.get(HEADER))
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        items = serializer.validated_data["items"]
-        flash_sku = flash.flash_sku_in(items)
-        if flash_sku is not None:  # the gate decides; None: Redis is down, the database does
-            queued = _queued_checkout(request, user_id=user_id, items=items, flash_sku=flash_sku)
-            return queued or _direct_checkout(request, user_id=user_id, items=items)
-        with flash.checkout_in_flight() as load:
-            if load.busy:
-                return _queued_checkout(request, user_id=user_id, items=items, flash_sku=None)
-            return _direct_checkout(request, user_id=user_id, items=items)
-
-
-def _direct_checkout(request: Request, *, user_id: int, items: list[dict[str, Any]]) -> Response:
-    with idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim:
-        if isinstance(claim, Replay):
-            return claim.response()
-        body: dict[str, Any] = {}
-
-        def record(order: Order) -> None:  # inside the order's transaction
-            body.update(order_body(order))
-            claim.complete(status=201, body=body)
-
-        services.order_place(user_id=user_id, items=items, on_created=record)
-        return Response(body, status=201)
+        outcome = checkout.checkout_submit(
+            user_id=request.user.id,
+            items=serializer.validated_data["items"],
+            key=key,
+            fingerprint=request_fingerprint(
+                method=request.method, path=request.path, body=request.data
+            ),
+            order_body=order_body,
+            ticket_body=lambda ticket: ticket_body(ticket, request),
+            remember_refusals=True,
+            limits=request_limit_layers(request._request),
+        )
+        headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
+        return Response(outcome.body, status=outcome.status, headers=headers)
 
 
 def ticket_body(ticket: CheckoutTicket, request: Request) -> dict[str, Any]:
@@ -136,45 +167,6 @@ def ticket_body(ticket: CheckoutTicket, request: Request) -> dict[str, Any]:
             reverse("api-checkout-ticket", kwargs={"ticket_id": ticket.id})
         ),
     }
-
-
-def _queued_checkout(
-    request: Request,
-    *,
-    user_id: int,
-    items: list[dict[str, Any]],
-    flash_sku: flash.FlashSku | None,
-) -> Response | None:
-    """Admit the checkout into the queue (202 with a ticket), or refuse it at once. None when
-    the gate cannot be used (Redis down): the caller takes the plain database path."""
-    key = request.headers.get(HEADER)
-    quantity = flash.flash_quantity(items, flash_sku)
-    admission = None
-    if flash_sku is not None:
-        admission = flash.flash_pass(
-            flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=key
-        )
-        if admission is None:
-            return None
-    with (
-        flash.gate_hold(admission, flash=flash_sku, user_id=user_id, quantity=quantity,
-                        idempotency_key=key) as hold,
-        idempotent_request(request, using=shard_for_user(user_id), user_id=user_id) as claim,
-    ):  # fmt: skip
-        if isinstance(claim, Replay):  # admitted twice: the first ticket stands
-            return claim.response()
-        body: dict[str, Any] = {}
-
-        def record(ticket: CheckoutTicket) -> None:  # inside the ticket's transaction
-            body.update(ticket_body(ticket, request))
-            claim.complete(status=202, body=body)
-
-        flash.ticket_create(
-            user_id=user_id, items=items, flash=flash_sku,
-            seq=admission.seq if admission else 0, on_created=record,
-        )  # fmt: skip
-        hold.keep()
-        return Response(body, status=202)
 
 
 class CheckoutTicketDetailApi(APIView):
@@ -191,7 +183,7 @@ class CheckoutTicketDetailApi(APIView):
 
     @extend_schema(responses={200: OutputSerializer})
     def get(self, request: Request, ticket_id: int) -> Response:
-        ticket = flash.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
+        ticket = selectors.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
         if ticket is None:
             raise NotFound("No such checkout ticket.")
         body = {
@@ -200,7 +192,7 @@ class CheckoutTicketDetailApi(APIView):
             "order": str(ticket.order_id) if ticket.order_id else None,
             "code": ticket.reject_code or None,
             "detail": ticket.reject_detail or None,
-            "position": flash.ticket_position(ticket),
+            "position": selectors.ticket_position(ticket),
         }
         return Response(self.OutputSerializer(body).data)
 

@@ -10,8 +10,9 @@ from django.conf import settings
 from django.db.models import Count, Prefetch, QuerySet
 from django.utils import timezone
 
+from apps.flashsales.selectors import flash_sale_gate
 from apps.inventory.selectors import reservations_held_since_before
-from apps.orders.models import Order, OrderEvent, OrderLine
+from apps.orders.models import CheckoutTicket, Order, OrderEvent, OrderLine
 from shop.errors import PageNotFound
 from shop.sharding import shard_for_id, shard_for_user
 from shop.sharding.ids import id_floor, id_is_plausible, id_minute, id_minute_start
@@ -137,3 +138,24 @@ def reservations_orphaned(
                     found += 1
                     if limit is not None and found >= limit:
                         return
+
+
+def ticket_get(*, ticket_id: int, user_id: int) -> CheckoutTicket | None:
+    if not id_is_plausible(ticket_id):
+        return None
+    return (
+        CheckoutTicket.objects.using(shard_for_id(ticket_id))
+        .filter(id=ticket_id, user_id=user_id)
+        .first()
+    )
+
+
+def ticket_position(ticket: CheckoutTicket) -> int | None:
+    """Tickets ahead of this one in its gate's line (approximate; None when unknown)."""
+    if ticket.status != CheckoutTicket.Status.QUEUED or not ticket.gate_sku_id:
+        return None
+    state = flash_sale_gate(sku_id=ticket.gate_sku_id)
+    if state is None:
+        return None
+    processed = state.seq - state.queued
+    return max(0, ticket.seq - processed - 1)

@@ -8,7 +8,7 @@ import logging
 from celery import shared_task
 from django.db import DatabaseError
 
-from apps.orders import services
+from apps.orders import checkout, services
 
 # Attempts at a checkout ticket failing with an unexpected error before it is rejected.
 TICKET_MAX_RETRIES = 3
@@ -76,31 +76,15 @@ def checkout_ticket_process(self, ticket_id: str, message_id: str | None = None)
     """A queued checkout becomes an order or a rejection. An outage is retried, never lost;
     an unexpected error is retried TICKET_MAX_RETRIES times, then ends the ticket as rejected
     (``internal_error``) rather than leaving it queued."""
-    from apps.orders import flash
-
     try:
-        return flash.ticket_process(ticket_id=int(ticket_id))
+        return checkout.ticket_process(ticket_id=int(ticket_id))
     except DatabaseError as exc:
         raise self.retry(exc=exc, countdown=5) from exc
     except Exception as exc:
         if self.request.retries < TICKET_MAX_RETRIES:
             raise self.retry(exc=exc, countdown=5) from exc
-        flash.ticket_fail(ticket_id=int(ticket_id), error=exc)
+        checkout.ticket_fail(ticket_id=int(ticket_id), error=exc)
         return "rejected"
-
-
-@shared_task(name="apps.orders.tasks.flash_sales_repair", ignore_result=True)
-def flash_sales_repair() -> int:
-    from apps.orders import flash
-
-    return flash.flash_sales_repair()
-
-
-@shared_task(name="apps.orders.tasks.checkout_queues_watch", ignore_result=True)
-def checkout_queues_watch() -> dict[str, int]:
-    from apps.orders import flash
-
-    return flash.checkout_queues_watch()
 
 
 @shared_task(

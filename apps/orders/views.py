@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
@@ -18,19 +16,17 @@ from django.views.decorators.http import require_POST
 
 from apps.catalog.selectors import skus_for_checkout
 from apps.inventory.selectors import stock_available_many
-from apps.orders import flash, selectors, services
+from apps.orders import selectors
 from apps.orders.cart import Cart
+from apps.orders.checkout import checkout_submit
 from shop.errors import PageNotFound, ShopError
 from shop.idempotency import (
     IdempotencyConflict,
     IdempotencyMismatch,
-    Replay,
     form_key,
-    idempotency_begin,
     request_fingerprint,
 )
 from shop.parsing import ParseRefused, parse_int, parse_page
-from shop.sharding import shard_for_user
 
 
 def _quantity(value: str | None) -> int | None:
@@ -137,15 +133,17 @@ def checkout(request: HttpRequest) -> HttpResponse:
     if not len(cart):
         messages.error(request, "Your cart is empty.")
         return redirect("cart")
-    user_id = request.user.id
     items = cart.as_order_items()
     key = form_key(request.POST.get("checkout_key"))
     try:
-        outcome = idempotency_begin(
-            using=shard_for_user(user_id),
-            user_id=user_id,
+        outcome = checkout_submit(
+            user_id=request.user.id,
+            items=items,
             key=f"storefront-checkout:{key}",
             fingerprint=request_fingerprint(method="POST", path=request.path, body=items),
+            order_body=lambda order: {"id": str(order.id)},
+            ticket_body=lambda ticket: {"ticket": str(ticket.id)},
+            remember_refusals=False,
         )
     except IdempotencyConflict:
         messages.info(request, "Your order is being placed — one moment.")
@@ -153,75 +151,25 @@ def checkout(request: HttpRequest) -> HttpResponse:
     except IdempotencyMismatch:
         messages.info(request, "Your cart changed meanwhile; please check it and try again.")
         return redirect("cart")
-    if isinstance(outcome, Replay):  # the same form submitted twice: show the first outcome
-        body = outcome.body or {}
+    except ShopError as exc:
+        messages.error(request, exc.message)
+        return redirect("cart")
+    body = outcome.body
+    if outcome.replayed:  # the same form submitted twice: show the first outcome
         if body.get("ticket"):
             return redirect("checkout-ticket", ticket_id=body["ticket"])
         return redirect("order-detail", order_id=body["id"]) if body.get("id") else redirect("cart")
-    flash_sku = flash.flash_sku_in(items)
-    if flash_sku is not None:
-        return _checkout_queued(request, outcome, cart, items, flash_sku, key)
-    try:
-        order = services.order_place(
-            user_id=user_id,
-            items=items,
-            on_created=lambda order: outcome.complete(status=201, body={"id": str(order.id)}),
-        )
-    except ShopError as exc:
-        outcome.release()
-        messages.error(request, exc.message)
-        return redirect("cart")
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            outcome.release()
-        raise
     cart.clear()
+    if outcome.status == 202:  # queued (a flash sale, or a busy shop): the waiting page
+        return redirect("checkout-ticket", ticket_id=body["ticket"])
     messages.success(request, "Your items are reserved. Please pay before the timer runs out.")
-    return redirect("order-detail", order_id=order.id)
-
-
-def _checkout_queued(
-    request: HttpRequest, claim: Any, cart: Cart, items: list, flash_sku: Any, key: str
-) -> HttpResponse:
-    """A cart holding a flash-sale item joins that sale's queue (see apps.orders.flash), as
-    the API's checkout does; without Redis it takes the plain database path."""
-    user_id = request.user.id
-    gate_key = f"storefront:{key}"
-    quantity = flash.flash_quantity(items, flash_sku)
-    try:
-        admission = flash.flash_pass(
-            flash=flash_sku, user_id=user_id, quantity=quantity, idempotency_key=gate_key
-        )
-        with flash.gate_hold(admission, flash=flash_sku, user_id=user_id, quantity=quantity,
-                             idempotency_key=gate_key) as hold:  # fmt: skip
-            if admission is None:
-                order = services.order_place(
-                    user_id=user_id, items=items,
-                    on_created=lambda order: claim.complete(status=201, body={"id": str(order.id)}),
-                )  # fmt: skip
-                cart.clear()
-                return redirect("order-detail", order_id=order.id)
-            ticket = flash.ticket_create(
-                user_id=user_id, items=items, flash=flash_sku, seq=admission.seq,
-                on_created=lambda t: claim.complete(status=202, body={"ticket": str(t.id)}),
-            )  # fmt: skip
-            hold.keep()
-    except ShopError as exc:
-        claim.release()
-        messages.error(request, exc.message)
-        return redirect("cart")
-    except BaseException:
-        with contextlib.suppress(DatabaseError):
-            claim.release()
-        raise
-    cart.clear()
-    return redirect("checkout-ticket", ticket_id=ticket.id)
+    return redirect("order-detail", order_id=body["id"])
 
 
 @login_required
 def checkout_ticket(request: HttpRequest, ticket_id: int) -> HttpResponse:
     """The waiting page of a queued checkout; it refreshes itself until the outcome is known."""
-    ticket = flash.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
+    ticket = selectors.ticket_get(ticket_id=ticket_id, user_id=request.user.id)
     if ticket is None:
         raise Http404("No such checkout.")
     if ticket.status == ticket.Status.ACCEPTED:
@@ -230,7 +178,7 @@ def checkout_ticket(request: HttpRequest, ticket_id: int) -> HttpResponse:
     return render(
         request,
         "orders/ticket.html",
-        {"ticket": ticket, "position": flash.ticket_position(ticket)},
+        {"ticket": ticket, "position": selectors.ticket_position(ticket)},
     )
 
 

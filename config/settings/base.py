@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "apps.users",
     "apps.catalog",
     "apps.inventory",
+    "apps.flashsales",
     "apps.orders",
     "apps.payments",
     "apps.reconciliation",
@@ -392,6 +393,11 @@ CHECKOUT_QUEUE_BOUND = env.int("CHECKOUT_QUEUE_BOUND", default=5000)
 CHECKOUT_QUEUE_ABOVE_INFLIGHT = env.int("CHECKOUT_QUEUE_ABOVE_INFLIGHT", default=200)
 # Gate counters live this long after their last change (a sale lasts minutes to hours).
 FLASH_SALE_COUNTER_TTL = env.int("FLASH_SALE_COUNTER_TTL", default=24 * 3600)
+# Once a sale's gate answers "sold out", each web process refuses its checkouts by itself for
+# this long (no Redis, no SQL); a re-stock, a rebuild or the end of the sale clears the flag
+# through a Redis pub/sub message, and a lost message costs at most this long. 1 s: a refusal
+# storm after the sell-out stays local, a re-stock is seen within a second. 0 turns it off.
+FLASH_SOLD_OUT_TTL = env.float("FLASH_SOLD_OUT_TTL", default=1.0)
 
 # --- Alerts -------------------------------------------------------------------------------------
 # Where alert notifications go (shop.alerts): dotted paths of classes with a send(message)

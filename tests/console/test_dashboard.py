@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Permission
 
+from apps.flashsales.services import flash_sale_start
 from apps.orders import services as orders
-from apps.orders.flash import flash_sale_start
 from apps.payments.services import payment_pay
 from apps.payments.services.channels import breaker_for, channels_ensure_sandbox
 from apps.payments.services.ledger import wallet_topup

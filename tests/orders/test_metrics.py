@@ -7,8 +7,8 @@ import re
 import pytest
 from prometheus_client import REGISTRY
 
+from apps.flashsales.services import flash_sale_start
 from apps.orders import services
-from apps.orders.flash import flash_sale_start
 from shop.sharding import shard_for_id
 from tests.factories.users import UserFactory
 from tests.orders.conftest import api_client, assert_invariants_hold, post_order

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 
 from apps.orders import services as orders
-from apps.orders.flash import ticket_create
+from apps.orders.checkout import ticket_create
 from apps.orders.models import CheckoutTicket, Order
 from apps.payments.models import Payment
 from apps.payments.services import payment_pay

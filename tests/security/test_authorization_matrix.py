@@ -33,7 +33,7 @@ from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from apps.inventory.models import FlashSale
+from apps.flashsales.models import FlashSale
 from apps.orders.models import CheckoutTicket, Order
 from apps.payments.models import Payment, Refund, Transfer, WebhookEvent
 from apps.payments.services.channels import channels_ensure_sandbox
@@ -493,11 +493,11 @@ ROWS: list[Row] = [
         variant="an empty file",
     ),
     Row("GET", "admin/reconciliation/reconciliationrun/chart/", staff_only(403, 200)),
-    Row("GET", "admin/inventory/flashsale/start/", staff_only(403, 200)),
+    Row("GET", "admin/flashsales/flashsale/start/", staff_only(403, 200)),
     Row(
         "POST",
-        "admin/inventory/flashsale/start/",
-        staff_only(403, Redirect("/admin/inventory/flashsale/", exact=True)),
+        "admin/flashsales/flashsale/start/",
+        staff_only(403, Redirect("/admin/flashsales/flashsale/", exact=True)),
         body=lambda w, who: {"sku": w.sku_code, "stock": "5", "per_user_limit": "1"},
         form=True,
         effect=flash_sales,

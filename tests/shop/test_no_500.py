@@ -437,7 +437,8 @@ def test_metrics_with_an_odd_authorization_header_is_forbidden(client, settings,
 
 @pytest.mark.parametrize("amount", [str(10**30), str(2**63), "1" * 5000, "²"])
 def test_operator_amounts_past_their_columns_are_form_errors(admin_client, shopper, amount):  # noqa: F811
-    from apps.inventory.models import FlashSale, Stock
+    from apps.flashsales.models import FlashSale
+    from apps.inventory.models import Stock
     from apps.payments.models import Transfer
 
     # Given a SKU with 5 units and a buyer's wallet
@@ -450,7 +451,7 @@ def test_operator_amounts_past_their_columns_are_form_errors(admin_client, shopp
     )
     receive = admin_client.post(f"/admin/inventory/stock/{sku.id}/change/", {"receive": amount})
     sale = admin_client.post(
-        "/admin/inventory/flashsale/start/", {"sku": sku.code, "stock": amount}
+        "/admin/flashsales/flashsale/start/", {"sku": sku.code, "stock": amount}
     )
     for response, field in ((top_up, "amount"), (receive, "receive"), (sale, "stock")):
         assert response.status_code == 200

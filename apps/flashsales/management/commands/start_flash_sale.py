@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.inventory.gate import gate_state
-from apps.orders.flash import flash_sale_start
+from apps.flashsales.selectors import flash_sale_gate
+from apps.flashsales.services import flash_sale_start
 from shop.errors import ShopError
 
 
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from exc
         call_command("preheat_cache", "--ids", str(sale.sku.product_id), "--no-progress",
                      stdout=self.stdout)  # fmt: skip
-        state = gate_state(sku_id=sale.sku_id)
+        state = flash_sale_gate(sku_id=sale.sku_id)
         gate = (
             f"gate loaded: {state.remaining} units admissible, {state.queued} queued"
             if state and state.remaining is not None

@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import cache
 from django_redis import get_redis_connection
 
-from apps.orders.flash import IN_FLIGHT_HORIZON, checkout_in_flight
+from apps.orders.checkout import IN_FLIGHT_HORIZON, checkout_in_flight
 from tests.factories.catalog import product_with_skus
 from tests.factories.users import UserFactory
 from tests.orders.conftest import api_client, assert_invariants_hold, new_key

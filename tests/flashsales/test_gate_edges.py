@@ -10,8 +10,10 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import connections
 
-from apps.inventory.gate import gate_give_back, gate_load, gate_state
-from apps.orders import flash
+from apps.flashsales import selectors as flash_selectors
+from apps.flashsales import services as flash
+from apps.flashsales.gate import gate_give_back, gate_load, gate_state
+from apps.orders import checkout
 from apps.orders.models import CheckoutTicket, Order
 from apps.orders.tasks import checkout_ticket_process
 from shop.locks import OwnedLock
@@ -132,7 +134,7 @@ def test_a_ticket_rejected_for_another_sold_out_item_returns_the_gates_units(sal
     assert response.status_code == 202
     (ticket,) = _tickets(status="queued")
 
-    assert flash.ticket_process(ticket_id=ticket.id) == "rejected"
+    assert checkout.ticket_process(ticket_id=ticket.id) == "rejected"
     rejected = CheckoutTicket.objects.using(shard_for_user(buyer.id)).get(id=ticket.id)
     assert rejected.reject_code == "out_of_stock"
     state = gate_state(sku_id=sku.id)
@@ -210,8 +212,9 @@ def test_the_per_buyer_limit_is_the_skus_own_and_a_change_reaches_the_gate(sale)
     # An operator raises the SKU's limit in the catalog mid-sale: the gate follows
     sku.per_user_limit = LIMIT + 1
     sku.save(update_fields=["per_user_limit"])
-    flash.flash_list.forget()  # (each process re-reads the list every FLASH_LIST_TTL seconds)
+    # (each process re-reads the list every FLASH_LIST_TTL seconds)
+    flash_selectors.flash_list.forget()
     assert _buy(client, sku, new_key()).status_code == 202
-    (status,) = flash.flash_sales_status()
+    (status,) = flash_selectors.flash_sales_status()
     assert status.per_user_limit == LIMIT + 1
     assert_invariants_hold()

@@ -12,8 +12,8 @@ from django.core.cache import cache
 from django.db import connections
 from django.db.models import Sum
 
+from apps.flashsales.services import flash_sale_start
 from apps.inventory.models import Stock
-from apps.orders.flash import flash_sale_start
 from apps.orders.models import CheckoutTicket, Order, OrderLine
 from shop.sharding import order_shard_aliases
 from tests.factories.catalog import product_with_skus
@@ -177,8 +177,8 @@ def test_a_worker_killed_mid_ticket_resolves_it_once(sale):
 
 def test_a_sold_out_answer_does_not_touch_the_database(sale, django_assert_max_num_queries):
     sku, clients = sale
-    from apps.inventory.gate import gate_load
-    from apps.orders.flash import flash_list
+    from apps.flashsales.gate import gate_load
+    from apps.flashsales.selectors import flash_list
 
     gate_load(sku_id=sku.id, remaining=0, users={}, queued=0, seq=0)
     # The list of SKUs on sale is refreshed per process at most every FLASH_LIST_TTL seconds,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from apps.inventory.gate import gate_admit, gate_state
-from apps.orders.flash import checkout_queues_watch, flash_sale_start, flash_sale_truth
-from apps.orders.tasks import checkout_queues_watch as checkout_queues_watch_task
+from apps.flashsales.gate import gate_admit, gate_state
+from apps.flashsales.selectors import flash_sale_truth
+from apps.flashsales.services import checkout_queues_watch, flash_sale_start
+from apps.flashsales.tasks import checkout_queues_watch as checkout_queues_watch_task
 from shop.models import Alert
 from tests.alerting import window_passes
 from tests.factories.catalog import product_with_skus
