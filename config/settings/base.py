@@ -502,7 +502,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.reconciliation.tasks.reconcile_previous_day",
         "schedule": crontab(hour=2, minute=0),
     },
-    "flash-sales-repair": {"task": "apps.orders.tasks.flash_sales_repair", "schedule": 60.0},
+    "flash-sales-repair": {"task": "apps.flashsales.tasks.flash_sales_repair", "schedule": 60.0},
     "payments-stuck-janitor": {
         "task": "apps.reconciliation.tasks.payments_stuck_janitor",
         "schedule": 300.0,
@@ -513,7 +513,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(ALERT_CHANNEL_CHECK_SECONDS),
     },
     "alerts-checkout-queues-watch": {
-        "task": "apps.orders.tasks.checkout_queues_watch",
+        "task": "apps.flashsales.tasks.checkout_queues_watch",
         "schedule": float(ALERT_QUEUE_CHECK_SECONDS),
     },
     "invariants-audit": {

@@ -13,7 +13,7 @@ from tests.factories.catalog import product_with_skus
 ALERT_CHECKS = {
     "alerts-channels-watch": ("apps.payments.tasks.channels_watch", "ALERT_CHANNEL_CHECK_SECONDS"),
     "alerts-checkout-queues-watch": (
-        "apps.orders.tasks.checkout_queues_watch",
+        "apps.flashsales.tasks.checkout_queues_watch",
         "ALERT_QUEUE_CHECK_SECONDS",
     ),
     "invariants-audit": ("shop.tasks.invariants_audit", "INVARIANT_AUDIT_SECONDS"),
