@@ -158,7 +158,8 @@ def _dispatch(channels: dict[str, str], message: dict[str, Any], reconnected: bo
 
 
 def _listen() -> None:
-    reconnected = False
+    reconnected = False  # a subscription from now on follows a loss: its handler clears
+    down = False  # lost, and not subscribed again yet: the handlers were told once
     while True:
         pubsub = None
         try:
@@ -173,10 +174,12 @@ def _listen() -> None:
                 message = pubsub.get_message(timeout=POLL_SECONDS)
                 if message is not None:
                     _dispatch(channels, message, reconnected)
+                    down = False
         except CACHE_BACKEND_ERRORS as exc:
-            logger.info("broadcast listener lost Redis (%s); caches fall back to TTLs", exc)
-            reconnected = True
-            _all_lost()
+            if not down:  # once per outage, not at each failed reconnect
+                logger.info("broadcast listener lost Redis (%s); caches fall back to TTLs", exc)
+                _all_lost()
+            reconnected = down = True
             if pubsub is not None:
                 with contextlib.suppress(CACHE_BACKEND_ERRORS):
                     pubsub.close()
