@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from django_redis import get_redis_connection
 
 from shop import broadcast
 from tests.shop.resilience_helpers import DEAD_REDIS
@@ -48,3 +49,24 @@ def test_a_publish_with_redis_down_returns_false_and_logs(settings, caplog):
     with caplog.at_level(logging.WARNING, logger="shop.broadcast"):
         assert broadcast.broadcast_publish("test:one", "lost") is False
     assert any("broadcast on test:one lost" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.needs_redis
+def test_a_lost_connection_tells_every_handler_and_the_listener_subscribes_again(handlers):
+    received, lost = handlers
+    broadcast.broadcast_listen()
+    wait_for(lambda: all(broadcast.broadcast_subscribed_since(n) for n in received), timeout=10)
+    before = {name: broadcast.broadcast_subscribed_since(name) for name in received}
+
+    # When Redis drops the listener's connection
+    get_redis_connection("default").execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+    # Then each handler hears it was lost (to clear what it may miss), and the listener is
+    # subscribed again, since a later moment, and dispatching
+    wait_for(lambda: set(lost) >= set(received), timeout=10)
+    wait_for(
+        lambda: all((broadcast.broadcast_subscribed_since(n) or 0) > before[n] for n in received),
+        timeout=10,
+    )
+    assert broadcast.broadcast_publish("test:one", "after")
+    wait_for(lambda: received["test:one"] == ["after"], timeout=10)
