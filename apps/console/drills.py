@@ -55,6 +55,7 @@ from apps.payments.exceptions import PaymentInProgress
 from apps.payments.models import Payment, PaymentAttempt, PaymentStatus
 from apps.payments.services import payment_pay, payment_settle_now, refund_create
 from apps.payments.services.channels import breaker_for, channels_rank, health_for
+from apps.users.services import users_deactivate
 from shop.errors import ShopError
 from shop.http import HttpError, http_json
 from shop.models import OutboxMessage
@@ -177,10 +178,7 @@ class DrillRun:
         summary["skus_removed"] = len(self.skus) - len(retired)
         summary["skus_retired"] = len(retired)
         if self.buyers:
-            get_user_model().objects.filter(id__in=[b.id for b in self.buyers]).update(
-                is_active=False
-            )
-            Token.objects.filter(user_id__in=[b.id for b in self.buyers]).delete()
+            users_deactivate(user_ids=[b.id for b in self.buyers])
             summary["buyers_deactivated"] = len(self.buyers)
         return {"counts": dict(summary), "retired": retired, "problems": problems}
 

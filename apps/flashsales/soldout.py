@@ -13,36 +13,28 @@ reconnecting) costs at most the TTL. A flag can only make the gate refuse early 
 for at most the TTL), never admit more than the gate would.
 
 Thread-safe: the flags are one dict whose single-key reads and writes are atomic; the listener
-is one daemon thread per process, started after the fork on first use.
+is the kernel's (``shop.broadcast``): one daemon thread per process, started after the fork
+on first use.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
 
 from django.conf import settings
-from django.core.cache import cache
-from django_redis import get_redis_connection
 
-from shop.cache import CACHE_BACKEND_ERRORS
+from shop.broadcast import broadcast_channel, broadcast_handler_register, broadcast_listen
 from shop.locks import cache_is_redis
 
-logger = logging.getLogger(__name__)
-
-# Pause before the listener reconnects after losing Redis (its flags expire meanwhile).
-RECONNECT_PAUSE = 1.0
+# The broadcast channel: the gate's scripts publish the SKU id on it (apps.flashsales.gate).
+CHANNEL = "gate:changed"
 
 # SKU id → (flag's end on the monotonic clock, the attempts admitted before it, "user:key").
 _flags: dict[int, tuple[float, frozenset[str]]] = {}
-_listener_lock = threading.Lock()
-_listener_pid: int | None = None
 
 
 def channel() -> str:
-    return cache.make_key("gate:changed")
+    return broadcast_channel(CHANNEL)
 
 
 def sold_out_refuses(sku_id: int, attempt: str) -> bool:
@@ -59,7 +51,7 @@ def sold_out_set(sku_id: int, admitted: frozenset[str]) -> None:
     ttl = settings.FLASH_SOLD_OUT_TTL
     if ttl <= 0 or not cache_is_redis():
         return
-    _listener_ensure()
+    broadcast_listen()
     _flags[sku_id] = (time.monotonic() + ttl, admitted)
 
 
@@ -71,33 +63,12 @@ def sold_out_clear(sku_id: int | None = None) -> None:
         _flags.pop(sku_id, None)
 
 
-def _listener_ensure() -> None:
-    global _listener_pid
-    pid = os.getpid()
-    if _listener_pid == pid:
-        return
-    with _listener_lock:
-        if _listener_pid == pid:
-            return
-        _listener_pid = pid  # a forked child has none: it starts its own
-        threading.Thread(target=_listen, name="flash-sold-out", daemon=True).start()
+def _on_message(payload: str) -> None:
+    try:
+        sold_out_clear(int(payload))
+    except ValueError:
+        sold_out_clear()
 
 
-def _listen() -> None:
-    reconnecting = False
-    while True:
-        try:
-            pubsub = get_redis_connection("default").pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(channel())
-            if reconnecting:  # messages sent while this listener was away are lost
-                sold_out_clear()
-            reconnecting = True
-            for message in pubsub.listen():
-                try:
-                    sold_out_clear(int(message["data"]))
-                except (TypeError, ValueError):
-                    sold_out_clear()
-        except CACHE_BACKEND_ERRORS as exc:
-            logger.info("sold-out listener lost Redis (%s); flags expire on their own", exc)
-            sold_out_clear()
-            time.sleep(RECONNECT_PAUSE)
+# A lost listener (messages gone meanwhile) forgets every flag.
+broadcast_handler_register(CHANNEL, on_message=_on_message, on_lost=sold_out_clear)

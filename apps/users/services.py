@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 
 from apps.users.exceptions import USERNAME_TAKEN, InvalidCredentials, RegistrationInvalid
 from apps.users.selectors import username_taken
-from shop.authentication import username_normalize
+from shop.authentication import token_revoke_users, username_normalize
 
 User = get_user_model()
 
@@ -78,3 +78,13 @@ def user_ensure(
     user.is_staff = user.is_superuser = staff
     user.save()
     return user, created
+
+
+@transaction.atomic(using="default")
+def users_deactivate(*, user_ids: list[int]) -> int:
+    """Deactivate these users and delete their API tokens, in one transaction; every process
+    forgets their cached tokens once it commits. Returns how many were active. Idempotent."""
+    count = User.objects.filter(id__in=user_ids, is_active=True).update(is_active=False)
+    Token.objects.filter(user_id__in=user_ids).delete()
+    token_revoke_users(user_ids=user_ids)  # update() sends no signal
+    return count

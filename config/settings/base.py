@@ -556,9 +556,16 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # saw; 0 (no proxy) uses the connection's own address. Production defaults to 1.
 TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 # Seconds a process trusts a token it has looked up (shop.authentication): a buyer retrying
-# during a sale is not a database query per attempt. A deleted token or a deactivated user
-# keeps working in a process that saw it that long. 0: look up every request.
+# during a sale is not a database query per attempt. While the process's broadcast listener
+# is subscribed, a revocation (token deleted, user deactivated, new password) drops the entry
+# in every process at once, so it may be trusted long: 120 s covers a sale's retries (at 5 s,
+# 2,000 buyers kept falling out and the lookup was a third of a refusal's cost), and bounds
+# what a revocation behind the signals' back (a bulk QuerySet.update) is seen within. While
+# not subscribed (no Redis, listener reconnecting) only AUTH_TOKEN_CACHE_TTL: a revocation
+# might not reach the process, so 5 s is how long it may keep working. 0 and 0: look up every
+# request; AUTH_TOKEN_CACHE_TTL_SUBSCRIBED=0 alone: no listener, 5 s as before.
 AUTH_TOKEN_CACHE_TTL = env.float("AUTH_TOKEN_CACHE_TTL", default=5.0)
+AUTH_TOKEN_CACHE_TTL_SUBSCRIBED = env.float("AUTH_TOKEN_CACHE_TTL_SUBSCRIBED", default=120.0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # TokenAuthentication that binds the user id to the log context (shop.logs).

@@ -31,6 +31,7 @@ RUNTIME_CONFIG_TTL = 3600
 # Tests delete tokens and deactivate users and expect the next request to see it;
 # tests/users/test_token_cache.py turns the cache on where it is the subject.
 AUTH_TOKEN_CACHE_TTL = 0
+AUTH_TOKEN_CACHE_TTL_SUBSCRIBED = 0
 # Every scrape reads the live state afresh (tests change it between scrapes).
 METRICS_LIVE_TTL = 0
 # Routing reads channel health afresh (tests record outcomes and rank at once);
