@@ -769,10 +769,12 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
         if result is None:
             continue
         ratio = result.rps / trivial.rps
-        verdict = f" (target >= {target}x: {'met' if ratio >= target else 'MISSED'})"
+        verdict = (
+            f" (target >= {target}x: {'met' if ratio >= target else 'MISSED'})" if target else ""
+        )
         print(
             f"{what} vs the minimal Django view: {ratio:.2f}x the requests/s"
-            f"{verdict if target else ''}, p50 {result.p50_ms / trivial.p50_ms:.2f}x, "
+            f"{verdict}, p50 {result.p50_ms / trivial.p50_ms:.2f}x, "
             f"p99 {result.p99_ms / trivial.p99_ms:.2f}x, errors {result.errors}"
         )
     print_summary(flash_times, plain_times, verified, settled)
