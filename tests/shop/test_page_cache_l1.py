@@ -172,6 +172,7 @@ def test_a_cached_anonymous_product_page_costs_no_sql_and_no_redis_round_trip(cl
     assert redis.count == 0
 
 
+@pytest.mark.needs_redis  # the round trip it counts is to Redis (the embedded cache has none)
 @pytest.mark.django_db
 def test_another_processs_page_costs_one_redis_round_trip_and_no_sql(client, monkeypatch):
     product = product_with_skus()
