@@ -15,12 +15,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP_AUDIT = Path(sys.executable).with_name("pip-audit")
+# Each service is probed first with one query of the kind pip-audit makes (5 s), so a machine
+# that cannot use it learns so at once, instead of after pip-audit has resolved the whole
+# requirements file (~40 s) and found nothing. A package mirror may answer pypi.org's
+# /pypi/<name>/json but not the versioned document that carries the vulnerabilities.
+PROBE_TIMEOUT = 5
+
+
+def _first_pin(requirements: Path) -> tuple[str, str]:
+    for line in requirements.read_text().splitlines():
+        if match := re.match(r"^\s*([A-Za-z0-9_.-]+)==([^\s;#]+)", line):
+            return match.group(1), match.group(2)
+    return "pip", "24.0"
+
+
+def usable(service: str, requirements: Path) -> str | None:
+    """None when ``service`` answers a vulnerability query for the first pinned package of
+    ``requirements``, else why not."""
+    name, version = _first_pin(requirements)
+    if service == "pypi":
+        url = f"https://pypi.org/pypi/{name}/{version}/json"
+        request = urllib.request.Request(url)
+    else:
+        url = "https://api.osv.dev/v1/query"
+        body = {"package": {"name": name, "ecosystem": "PyPI"}, "version": version}
+        request = urllib.request.Request(  # noqa: S310 -- a fixed https URL
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT) as answer:  # noqa: S310  # nosec B310
+            document = json.load(answer)
+    except (OSError, ValueError) as exc:
+        return f"{url}: {exc.__class__.__name__}: {exc}"
+    if service == "pypi" and "vulnerabilities" not in document:
+        return f"{url}: no vulnerability data in the answer"
+    return None
 
 
 def audit(requirements: Path, service: str) -> tuple[dict | None, str]:
@@ -48,6 +85,9 @@ def main() -> int:
     args = parser.parse_args()
     unreachable = []
     for service in args.service or ["pypi", "osv"]:
+        if (why := usable(service, args.requirements)) is not None:
+            unreachable.append(f"{service}: {why[:200]}")
+            continue
         report, errors = audit(args.requirements, service)
         if report is None:
             last = errors.strip().splitlines()[-1:] or ["no output"]
