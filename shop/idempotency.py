@@ -231,14 +231,13 @@ def _stored_refusal(exc: ShopError) -> bool:
 
 
 @contextlib.contextmanager
-def idempotent_request(
-    request: Request, *, using: str, user_id: int
+def idempotency_claimed(
+    *, using: str, user_id: int, key: str, fingerprint: str, remember_refusals: bool = True
 ) -> Iterator[IdempotencyClaim | Replay]:
-    """Wrap one API write: yields a claim (do the work, complete it inside the effect's
-    transaction) or a Replay (return ``replay.response()``). A domain refusal raised inside is
-    remembered for replay; anything else releases the key so the client may retry."""
-    key = validate_key(request.headers.get(HEADER))
-    fingerprint = request_fingerprint(method=request.method, path=request.path, body=request.data)
+    """The key's claim on ``using`` (or its Replay), settled however the block ends: a domain
+    refusal raised inside is remembered for replay (when ``remember_refusals``); anything else
+    releases the key so the client may retry; a block that returns without completing the
+    claim releases it too (and logs: that is a bug)."""
     outcome = idempotency_begin(using=using, user_id=user_id, key=key, fingerprint=fingerprint)
     if isinstance(outcome, Replay):
         yield outcome
@@ -247,7 +246,7 @@ def idempotent_request(
     try:
         yield claim
     except ShopError as exc:
-        if _stored_refusal(exc) and not isinstance(exc, IdempotencyConflict):
+        if remember_refusals and _stored_refusal(exc) and not isinstance(exc, IdempotencyConflict):
             _quietly(claim.remember, status=exc.http_status, body=exc.as_dict())
         else:
             _quietly(claim.release)
@@ -258,6 +257,21 @@ def idempotent_request(
     if not claim.finished:
         logger.error("idempotent request finished without completing its key; releasing it")
         _quietly(claim.release)
+
+
+@contextlib.contextmanager
+def idempotent_request(
+    request: Request, *, using: str, user_id: int
+) -> Iterator[IdempotencyClaim | Replay]:
+    """Wrap one API write: yields a claim (do the work, complete it inside the effect's
+    transaction) or a Replay (return ``replay.response()``). A domain refusal raised inside is
+    remembered for replay; anything else releases the key so the client may retry."""
+    key = validate_key(request.headers.get(HEADER))
+    fingerprint = request_fingerprint(method=request.method, path=request.path, body=request.data)
+    with idempotency_claimed(
+        using=using, user_id=user_id, key=key, fingerprint=fingerprint
+    ) as outcome:
+        yield outcome
 
 
 def _quietly(action: Any, **kwargs: Any) -> None:

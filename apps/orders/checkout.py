@@ -19,12 +19,12 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -50,7 +50,7 @@ from apps.orders.metrics import checkout_observed
 from apps.orders.models import CheckoutTicket, Order, OrderLine
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.errors import ServiceUnavailable, ShopError
-from shop.idempotency import IdempotencyClaim, IdempotencyConflict, Replay, idempotency_begin
+from shop.idempotency import IdempotencyClaim, Replay, idempotency_claimed
 from shop.locks import cache_is_redis
 from shop.outbox import outbox_enqueue
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
@@ -177,47 +177,15 @@ def _flash_pass(
     return admission
 
 
-@contextlib.contextmanager
 def _claimed(
     *, user_id: int, key: str, fingerprint: str, remember_refusals: bool
-) -> Iterator[IdempotencyClaim | Replay]:
-    """The key's claim on the buyer's shard (or its Replay). A domain refusal raised inside is
-    stored for replay when ``remember_refusals``; anything else lets the key go, so the
-    client may retry."""
-    outcome = idempotency_begin(
-        using=shard_for_user(user_id), user_id=user_id, key=key, fingerprint=fingerprint
-    )
-    if isinstance(outcome, Replay):
-        yield outcome
-        return
-    claim = outcome
-    try:
-        yield claim
-    except ShopError as exc:
-        if (
-            remember_refusals
-            and 400 <= exc.http_status < 500
-            and exc.code != "validation_error"
-            and not isinstance(exc, IdempotencyConflict)
-        ):
-            _quietly(claim.remember, status=exc.http_status, body=exc.as_dict())
-        else:
-            _quietly(claim.release)
-        raise
-    except BaseException:
-        _quietly(claim.release)
-        raise
-    if not claim.finished:
-        logger.error("checkout finished without completing its key; releasing it")
-        _quietly(claim.release)
-
-
-def _quietly(action: Callable[..., Any], **kwargs: Any) -> None:
-    # The shard may be the thing that failed; the record then expires and is taken over.
-    try:
-        action(**kwargs)
-    except DatabaseError as exc:
-        logger.warning("could not settle an idempotency key: %s", exc)
+) -> contextlib.AbstractContextManager[IdempotencyClaim | Replay]:
+    """The key's claim on the buyer's shard (or its Replay), settled by the kernel
+    (``shop.idempotency.idempotency_claimed``)."""
+    return idempotency_claimed(
+        using=shard_for_user(user_id), user_id=user_id, key=key, fingerprint=fingerprint,
+        remember_refusals=remember_refusals,
+    )  # fmt: skip
 
 
 def _direct(
