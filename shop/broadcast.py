@@ -175,12 +175,16 @@ def _listen() -> None:
                 if message is not None:
                     _dispatch(channels, message, reconnected)
                     down = False
-        except CACHE_BACKEND_ERRORS as exc:
+        except Exception as exc:  # the thread must outlive anything: a dead listener
+            # would leave the caches trusting entries whose invalidation never arrives
             if not down:  # once per outage, not at each failed reconnect
-                logger.info("broadcast listener lost Redis (%s); caches fall back to TTLs", exc)
+                if isinstance(exc, CACHE_BACKEND_ERRORS):
+                    logger.info("broadcast listener lost Redis (%s); caches use TTLs", exc)
+                else:  # e.g. the connection closed under it by another thread
+                    logger.warning("broadcast listener failed; reconnecting", exc_info=True)
                 _all_lost()
             reconnected = down = True
             if pubsub is not None:
-                with contextlib.suppress(CACHE_BACKEND_ERRORS):
+                with contextlib.suppress(Exception):
                     pubsub.close()
             time.sleep(RECONNECT_PAUSE)

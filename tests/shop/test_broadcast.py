@@ -70,3 +70,31 @@ def test_a_lost_connection_tells_every_handler_and_the_listener_subscribes_again
     )
     assert broadcast.broadcast_publish("test:one", "after")
     wait_for(lambda: received["test:one"] == ["after"], timeout=10)
+
+
+@pytest.mark.needs_redis
+def test_the_listener_outlives_an_unexpected_error(handlers, monkeypatch):
+    received, lost = handlers
+    broadcast.broadcast_listen()
+    wait_for(lambda: all(broadcast.broadcast_subscribed_since(n) for n in received), timeout=10)
+    dispatch = broadcast._dispatch
+    failures: list[str] = []
+
+    def failing_once(channels, message, reconnected):
+        if message["type"] == "message" and not failures:
+            failures.append(message["data"])
+            raise RuntimeError("not a Redis error")  # e.g. a socket closed by another thread
+        dispatch(channels, message, reconnected)
+
+    monkeypatch.setattr(broadcast, "_dispatch", failing_once)
+
+    # When handling a message fails with an error that is not Redis's
+    assert broadcast.broadcast_publish("test:one", "breaks")
+    wait_for(lambda: failures, timeout=10)
+
+    # Then the handlers hear that messages may be lost, and the same thread subscribes again
+    # and delivers the next message (a dead listener would leave caches trusting stale entries)
+    wait_for(lambda: set(lost) >= set(received), timeout=10)
+    wait_for(lambda: all(broadcast.broadcast_subscribed_since(n) for n in received), timeout=10)
+    assert broadcast.broadcast_publish("test:one", "after")
+    wait_for(lambda: received["test:one"] == ["after"], timeout=10)

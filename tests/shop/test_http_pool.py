@@ -14,6 +14,7 @@ import pytest
 
 from shop import http as shop_http
 from shop.http import http_json
+from tests.workers import wait_for
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -48,6 +49,13 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Echo)
         self.lock = threading.Lock()
         self.ports: list[int] = []
+        self.closed: list[int] = []  # client ports of the connections this server hung up
+
+    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        port = request.getpeername()[1]
+        super().shutdown_request(request)
+        with self.lock:
+            self.closed.append(port)
 
     @property
     def url(self) -> str:
@@ -100,6 +108,9 @@ def test_threads_share_kept_connections_and_each_gets_its_own_answer(server):
 
 def test_a_connection_the_peer_closed_is_not_reused(server):
     first = _post(f"{server.url}/close", {"n": 1})  # the server hangs up after this answer
+    # (the hang-up follows the answer: a request sent in between would meet it, as the module
+    # says -- this test is about the connection the peer has already closed)
+    wait_for(lambda: first["port"] in server.closed, timeout=5)
 
     second = _post(f"{server.url}/echo", {"n": 2})  # no HttpNoAnswer from a dead socket
 
