@@ -42,6 +42,7 @@ from shop.sharding.loops import shards_each
 logger = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
+HEADER_META = "HTTP_IDEMPOTENCY_KEY"  # the same header in request.META
 REPLAY_HEADER = "Idempotent-Replayed"
 
 

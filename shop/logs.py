@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -124,7 +124,7 @@ def _log_context_replace(ids: Mapping[str, str]) -> None:
 
 
 def request_id_new() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # a uuid4's 32 hex digits' worth, without building a UUID
 
 
 def request_id_accept(value: str | None) -> str:

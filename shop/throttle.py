@@ -30,6 +30,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from shop.authentication import request_token_user, username_canonical
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
+from shop.early import EARLY_RESULT, view_hook
 from shop.errors import ServiceUnavailable, ShopError, render_error
 from shop.parsing import ParseRefused, json_loads_bounded
 from shop.ratelimit import RATE_LIMITED, Check, Limit, gcra_check_all
@@ -233,8 +234,10 @@ class ThrottleMiddleware:
                 )
             # The view may answer this request by itself, touching nothing remote (a flash
             # sale this process knows is sold out): counting it would cost more than that.
-            early = _view_option(view, "answer_before_limits", None) if write else None
-            response = early(request) if early is not None else None
+            # (EarlyAnswerMiddleware asked it already for a route without parameters.)
+            response = request.__dict__.get(EARLY_RESULT)
+            if write and EARLY_RESULT not in request.__dict__ and (hook := view_hook(view)):
+                response = hook(request)
             route = match.route if match else request.path_info
             if response is LIMITS_IN_VIEW and fail == "open":
                 # The view checks the layers in one call with its own work (the flash-sale
@@ -265,9 +268,9 @@ def _view_option(view: Any, name: str, default: Any) -> Any:
     module. ``client_write_limit = False``: not counted under ``user_writes`` (e.g. a bank's
     signed webhooks, which all come from the bank's few addresses). ``throttle_fail =
     "closed"``: refused (503) rather than limited per process while Redis is unreachable.
-    ``answer_before_limits(request)``: a response the view gives without any remote work
-    (checked before the limits, not counted by them), LIMITS_IN_VIEW when the view checks
-    this request's layers itself, or None to go on as usual."""
+    ``answer_before_limits(request)`` (shop.early): a response the view gives without any
+    remote work (checked before the limits, not counted by them), LIMITS_IN_VIEW when the view
+    checks this request's layers itself, or None to go on as usual."""
     return getattr(view, name, getattr(getattr(view, "cls", None), name, default))
 
 

@@ -20,7 +20,7 @@ from apps.orders.exceptions import OrderNotFound
 from apps.orders.models import CheckoutTicket, Order
 from shop.authentication import request_token_user
 from shop.errors import NotFound, ShopError, render_error
-from shop.idempotency import HEADER, REPLAY_HEADER, request_fingerprint, validate_key
+from shop.idempotency import HEADER, HEADER_META, REPLAY_HEADER, request_fingerprint, validate_key
 from shop.parsers import PageField, StrictIntegerField
 from shop.parsing import ParseRefused, json_loads_bounded
 from shop.throttle import LIMITS_IN_VIEW, request_limit_layers
@@ -100,7 +100,7 @@ def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | N
     try:
         if (resolved := request_token_user(request)) is None:
             return None
-        key = validate_key(request.headers.get(HEADER))
+        key = validate_key(request.META.get(HEADER_META))  # not request.headers: built per request
         data = json_loads_bounded(request.body)
     except (AuthenticationFailed, DatabaseError, ShopError, ParseRefused):
         return None
@@ -140,7 +140,7 @@ class OrderCreateApi(APIView):
         responses={201: OrderOutputSerializer},
     )
     def post(self, request: Request) -> Response:
-        key = validate_key(request.headers.get(HEADER))
+        key = validate_key(request.META.get(HEADER_META))  # not request.headers: built per request
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         outcome = checkout.checkout_submit(

@@ -57,6 +57,9 @@ MIDDLEWARE = [
     # Every request is counted and timed, refusals by later middleware included.
     "shop.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A write a view answers without remote work (a sold-out flash sale's refusals): answered
+    # here, before the rest of the stack (shop.early).
+    "shop.early.EarlyAnswerMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before sessions and auth: a shared page for an anonymous reader is answered here.
     "shop.pagecache.PageCacheMiddleware",
