@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -269,6 +270,23 @@ def _route(request: HttpRequest) -> str:
     return match.view_name or match.route or UNMATCHED
 
 
+# (route, method, status) → the request counter's and latency histogram's children: labels()
+# takes a lock and builds a key on every call; a hot refusal is cheap enough for that to show.
+_http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+HTTP_CHILDREN_MAX = 4096  # past it (odd methods from clients), labels() each time
+
+
+def _http_observe(route: str, method: str, status: str, seconds: float) -> None:
+    key = (route, method, status)
+    children = _http_children.get(key)
+    if children is None:
+        children = (HTTP_REQUESTS.labels(route, method, status), HTTP_LATENCY.labels(route, method))
+        if len(_http_children) < HTTP_CHILDREN_MAX:
+            _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
 class MetricsMiddleware:
     """Counts every request by route and status and times it; first in the chain, so refusals
     answered by later middleware (page cache, rate limits) are counted too."""
@@ -281,9 +299,8 @@ class MetricsMiddleware:
         response = self.get_response(request)
         if request.path_info.startswith(STATIC_PREFIX):
             return response
-        route = _route(request)
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+        _http_observe(_route(request), request.method, str(response.status_code),
+                      time.perf_counter() - started)  # fmt: skip
         return response
 
 
