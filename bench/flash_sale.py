@@ -21,7 +21,7 @@ same 20,000 attempts through the plain database path, for comparison: another SK
 units, not on sale, where each attempt is a synchronous 201 or 409 through the conditional
 stock UPDATE.
 
-    python bench/flash_sale.py [--connections 8] [--seconds 10] [--after 10000] [--no-plain]
+    python bench/flash_sale.py [--connections 8] [--seconds 10] [--after 30000] [--no-plain]
 
 Each run has SKUs of its own (``BENCH-FLASH-<run>``, ``BENCH-PLAIN-<run>``, and
 ``BENCH-WARM-<run>`` for a short warm-up of the checkout path), so earlier runs' orders do not
@@ -591,7 +591,7 @@ def main() -> None:
     parser.add_argument("--settle-timeout", type=float, default=180, help="seconds for the worker")
     parser.add_argument("--seed", type=int, default=1, help="of the attempts' shuffled order")
     parser.add_argument(
-        "--after", type=int, default=10_000, help="attempts sent once the sale is sold out"
+        "--after", type=int, default=30_000, help="attempts sent once the sale is sold out"
     )
     parser.add_argument(
         "--no-plain", action="store_true", help="skip the plain database path's comparison"
