@@ -393,3 +393,61 @@ def cache_set_many(values: dict[str, Any], *, ttl: float) -> None:
         return
     with contextlib.suppress(CacheUnavailable):
         cache_call("set_many", cache.set_many, values, max(1, round(ttl)))
+
+
+_process_memos: list[ProcessMemo] = []
+
+
+def process_memos_forget() -> None:
+    """Drop every ProcessMemo's value (tests, after clearing the cache they were read from)."""
+    for memo in _process_memos:
+        memo.forget()
+
+
+class ProcessMemo:
+    """A :func:`cache_fetch`'d value this process keeps in memory, for a read on every request
+    of a hot path (the category tree a checkout needs for "is this SKU on sale"): reused while
+    its groups' versions are unchanged, and those are read again at most every
+    ``PAGE_VERSION_CHECK_INTERVAL`` seconds -- one multi-get per interval instead of two round
+    trips per read. An edit made elsewhere is seen within the interval (the page cache's bound
+    for catalog edits); a bump made by this process at once. Inside a write transaction, and
+    while the cache is unavailable, it reads through :func:`cache_fetch` as any caller would.
+    Thread-safe: the memo is one tuple, replaced whole."""
+
+    def __init__(self, key: str, loader: Callable[[], Any], *, ttl: Callable[[], float],
+                 groups: Sequence[str], namespace: str) -> None:  # fmt: skip
+        self.key, self.loader, self.ttl = key, loader, ttl
+        self.groups, self.namespace = tuple(groups), namespace
+        self._memo: tuple[list[int], float, Any] | None = None  # versions, checked at, value
+        bump_listener_add(self._bumped)
+        _process_memos.append(self)
+
+    def _bumped(self, groups: Sequence[str]) -> None:
+        if set(groups) & set(self.groups):
+            self._memo = None
+
+    def forget(self) -> None:
+        self._memo = None
+
+    def get(self) -> Any:
+        memo = self._memo
+        now = time.monotonic()
+        if memo is not None and now - memo[1] < settings.PAGE_VERSION_CHECK_INTERVAL:
+            return memo[2]
+        if not _health.available() or _in_write_transaction("default"):
+            return self._fetch()
+        try:
+            versions = group_versions(self.groups)
+        except CacheUnavailable:
+            self._memo = None
+            return self._fetch()
+        if memo is not None and memo[0] == versions:
+            self._memo = (versions, now, memo[2])
+            return memo[2]
+        value = self._fetch()
+        self._memo = (versions, now, value)
+        return value
+
+    def _fetch(self) -> Any:
+        return cache_fetch(self.key, self.loader, ttl=self.ttl(), groups=self.groups,
+                           namespace=self.namespace)  # fmt: skip

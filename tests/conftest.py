@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from apps.inventory.selectors import stock_snapshot_clear
-from shop.cache import cache_health_reset
+from shop.cache import cache_health_reset, process_memos_forget
 from shop.logs import log_context_clear
 from shop.outbox import background
 from shop.pagecache import page_cache_local_reset
@@ -100,6 +100,7 @@ def _fresh_cache() -> None:
     """Every test starts with an empty cache and a cache this process believes is up."""
     cache.clear()
     page_cache_local_reset()
+    process_memos_forget()
     stock_snapshot_clear()
     cache_health_reset()
     runtime_defaults()

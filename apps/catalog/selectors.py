@@ -19,7 +19,7 @@ from django.db.models import Prefetch, QuerySet
 
 from apps.catalog.models import Category, Product, Sku
 from apps.inventory.selectors import stock_available_many
-from shop.cache import cache_fetch
+from shop.cache import ProcessMemo, cache_fetch
 from shop.errors import PageNotFound
 from shop.pagecache import page_depends_on
 
@@ -151,6 +151,29 @@ def _visible_category_ids() -> list[int]:
     return [node["id"] for node in category_tree()["nodes"].values() if node["visible"]]
 
 
+# The tree as this process keeps it for checkouts (shop.cache.ProcessMemo): every checkout asks
+# which categories are visible, and the tree changes a few times a day. Only for checkouts: a
+# cached listing or page built from a tree up to an interval old would be stored under the new
+# version and outlive the interval.
+_category_tree_memo = ProcessMemo(
+    CATEGORY_TREE_KEY,
+    category_tree_load,
+    ttl=lambda: settings.CATALOG_CACHE_TTL,
+    groups=(CATEGORY_GROUP,),
+    namespace="category_tree",
+)
+
+
+def _checkout_visible_category_ids(category_ids: set[int]) -> set[int]:
+    """The visible categories among the kept tree's; read again at once when one of
+    ``category_ids`` is not in it at all (a category newer than the kept tree)."""
+    tree = _category_tree_memo.get()
+    if not category_ids <= {node["id"] for node in tree["nodes"].values()}:
+        _category_tree_memo.forget()
+        tree = _category_tree_memo.get()
+    return {node["id"] for node in tree["nodes"].values() if node["visible"]}
+
+
 # --- Product documents -----------------------------------------------------------------------
 
 
@@ -275,7 +298,9 @@ class SkuForCheckout:
 
 def skus_for_checkout(codes: Iterable[str]) -> dict[str, SkuForCheckout]:
     """Current price and state of SKUs by code, read from the database (never the cache: an
-    order snapshots the price the buyer pays). Unknown codes are simply absent."""
+    order snapshots the price the buyer pays). Unknown codes are simply absent. Which
+    categories are visible comes from the tree this process keeps (a category hidden by
+    another process is seen within PAGE_VERSION_CHECK_INTERVAL, by this one at once)."""
     # A code that cannot be a SKU's (too long, a NUL PostgreSQL refuses to compare, another
     # control character) is simply unknown: it never reaches the query.
     wanted = [
@@ -285,8 +310,9 @@ def skus_for_checkout(codes: Iterable[str]) -> dict[str, SkuForCheckout]:
     ]
     if not wanted:
         return {}
-    visible = set(_visible_category_ids())
-    rows = Sku.objects.filter(code__in=wanted).select_related("product")
+    rows = list(Sku.objects.filter(code__in=wanted).select_related("product"))
+    categories = {sku.product.category_id for sku in rows} - {None}
+    visible = _checkout_visible_category_ids(categories)
     return {
         sku.code: SkuForCheckout(
             id=sku.id,

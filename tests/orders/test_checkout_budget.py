@@ -5,11 +5,14 @@ profile), so a regression fails here and not only in bench/checkout.py."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import pytest
+import redis
 from django.conf import settings
 from django.db import connections
 
@@ -29,6 +32,7 @@ WRITES = ("INSERT", "UPDATE", "DELETE", "WITH")  # a data-modifying CTE starts w
 # outbox row and the idempotency record's completion.
 MAX_COMMITS = 3
 MAX_STATEMENTS = 8
+MAX_REDIS_ROUND_TRIPS = 3
 
 
 @dataclass
@@ -46,6 +50,7 @@ class WorkCounter:
     statements: Counter[str] = field(default_factory=Counter)
     commits: Counter[str] = field(default_factory=Counter)
     sql: list[tuple[str, str]] = field(default_factory=list)
+    redis: list[str] = field(default_factory=list)  # Redis round trips, by command
 
     def wrapper(self, alias: str):
         connection = connections[alias]
@@ -72,10 +77,33 @@ class WorkCounter:
         with contextlib.ExitStack() as stack:
             for alias in settings.DATABASES:
                 stack.enter_context(connections[alias].execute_wrapper(self.wrapper(alias)))
+            stack.enter_context(self._redis_counted())
             yield self
 
+    @contextlib.contextmanager
+    def _redis_counted(self):
+        """Redis round trips made by this thread (a command, a pipeline or a script call is
+        one); the broadcast listener's and the outbox publisher's threads are not the request."""
+        thread = threading.current_thread()
+        command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+        def counted(original):
+            def call(client, *args, **kwargs):
+                if threading.current_thread() is thread:
+                    self.redis.append(str(args[0]) if args else "pipeline")
+                return original(client, *args, **kwargs)
+
+            return call
+
+        with (
+            mock.patch.object(redis.Redis, "execute_command", counted(command)),
+            mock.patch.object(redis.client.Pipeline, "execute", counted(pipeline)),
+        ):
+            yield
+
     def report(self) -> dict[str, Any]:
-        return {"statements": dict(self.statements), "commits": dict(self.commits), "sql": self.sql}
+        return {"statements": dict(self.statements), "commits": dict(self.commits), "sql": self.sql,
+                "redis": self.redis}  # fmt: skip
 
 
 @pytest.mark.needs_postgres
@@ -103,6 +131,9 @@ def test_a_checkout_makes_at_most_three_commits_and_a_fixed_number_of_statements
     # and it cost at most 3 commits (the key's claim, the stock, the order) and 8 statements
     assert sum(work.commits.values()) <= MAX_COMMITS, work.report()
     assert sum(work.statements.values()) <= MAX_STATEMENTS, work.report()
+    # and 3 Redis round trips: the rate-limit layers (one script), the in-flight count (one
+    # pipeline) and its release; the category tree is kept in the process
+    assert len(work.redis) <= MAX_REDIS_ROUND_TRIPS, work.report()
     # the broker and the published-bookkeeping are not on the request path: the background
     # publisher records the notification as published afterwards
     assert background.drain()
