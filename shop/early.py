@@ -71,6 +71,7 @@ class EarlyAnswerMiddleware:
                 self._routes = early_routes()
             found = self._routes.get(request.path_info)
             if found is not None and not switch_on("read_only"):
+                request.get_host()  # an unknown Host is a 400 here too (DisallowedHost)
                 hook, route = found
                 result = hook(request)
                 if isinstance(result, HttpResponse):

@@ -110,3 +110,11 @@ def test_while_read_only_the_write_is_refused_as_every_write_is(client):
 
     assert response.status_code == 503
     assert (asked, viewed) == ([], [])
+
+
+@pytest.mark.django_db
+def test_a_request_for_an_unknown_host_is_refused_before_the_hook(client):
+    response = client.post("/api/v1/early/buy/", HTTP_X_SOLD_OUT="1", HTTP_HOST="evil.example")
+
+    assert response.status_code == 400
+    assert (asked, viewed) == ([], [])
