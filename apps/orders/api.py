@@ -115,7 +115,10 @@ def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | N
             and 1 <= item["quantity"] <= settings.ORDER_LINE_MAX_QUANTITY
         ):
             return None
-    refusal = checkout.checkout_refused_locally(user_id=resolved[0].pk, items=items, key=key)
+    try:  # the list of sales is re-read from the database now and then
+        refusal = checkout.checkout_refused_locally(user_id=resolved[0].pk, items=items, key=key)
+    except DatabaseError:
+        return None  # the full path answers, as DESIGN §6 says (503)
     if refusal is not None:
         return render_error(request, refusal)
     # Any other well-formed checkout: the service checks its rate limits in one Redis call (a

@@ -52,3 +52,34 @@ class _default_database_down:  # reads as a phrase at the call site
     def __exit__(self, *exc):
         self.default.close()
         self.default.settings_dict["PORT"] = self.port
+
+
+@pytest.mark.needs_postgres
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_a_checkout_answered_early_is_a_503_too(settings):
+    """The early answer (shop.early) runs above the error middleware: a database error while
+    it reads the list of sales must still end as the honest 503, not a 500."""
+    from django.contrib.auth import get_user_model
+
+    from apps.flashsales.selectors import flash_list
+    from shop.authentication import token_cache
+    from tests.orders.conftest import api_client, post_order
+
+    # Given a buyer whose token this process has cached, and a list of sales due for a re-read
+    settings.AUTH_TOKEN_CACHE_TTL = 60
+    sku = product_with_skus().skus.get()
+    client = api_client(get_user_model().objects.create_user("early", password="x"))
+    assert post_order(client, [{"sku": sku.code, "quantity": 1}]).status_code == 201
+    flash_list.forget()
+    connections.close_all()
+
+    # When the default database goes away and the buyer checks out
+    try:
+        with _default_database_down():
+            response = post_order(client, [{"sku": sku.code, "quantity": 1}])
+    finally:
+        token_cache.clear()
+
+    # Then the answer is the 503 of DESIGN §6
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "service_unavailable"
