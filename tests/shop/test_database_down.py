@@ -63,7 +63,7 @@ def test_a_checkout_answered_early_is_a_503_too(settings):
 
     from apps.flashsales.selectors import flash_list
     from shop.authentication import token_cache
-    from tests.orders.conftest import api_client, post_order
+    from tests.orders.conftest import api_client, assert_invariants_hold, post_order
 
     # Given a buyer whose token this process has cached, and a list of sales due for a re-read
     settings.AUTH_TOKEN_CACHE_TTL = 60
@@ -80,6 +80,7 @@ def test_a_checkout_answered_early_is_a_503_too(settings):
     finally:
         token_cache.clear()
 
-    # Then the answer is the 503 of DESIGN §6
+    # Then the answer is the 503 of DESIGN §6, and nothing was left half-written
     assert response.status_code == 503, response.content
     assert response.json()["code"] == "service_unavailable"
+    assert_invariants_hold()
