@@ -22,19 +22,12 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLResolver, get_resolver, resolve
 
 from shop.runtime import switch_on
+from shop.throttle import EARLY_RESULT, SAFE_METHODS, view_option
 
-#: The request attribute holding what a view's hook answered when it was asked here.
-EARLY_RESULT = "shop_early_result"
 #: The hook's name, on the view function or its class (DRF's ``as_view()`` keeps ``cls``).
 HOOK = "answer_before_limits"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 Hook = Callable[[HttpRequest], Any]
-
-
-def view_hook(view: Any) -> Hook | None:
-    """The view's ``answer_before_limits`` hook, on the function or on its class, or None."""
-    return getattr(view, HOOK, getattr(getattr(view, "cls", None), HOOK, None))
 
 
 def _static_paths(patterns: list[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -53,7 +46,7 @@ def early_routes(urlconf: str | None = None) -> dict[str, tuple[Hook, str]]:
     """Path → (hook, route name) for every parameterless route whose view has a hook."""
     routes = {}
     for path, callback in _static_paths(get_resolver(urlconf).url_patterns):
-        hook = view_hook(callback)
+        hook = view_option(callback, HOOK, None)
         if hook is not None:
             match = resolve(path, urlconf)
             routes[path] = (hook, match.view_name or match.route)

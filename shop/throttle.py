@@ -30,13 +30,12 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from shop.authentication import request_token_user, username_canonical
 from shop.cache import CACHE_BACKEND_ERRORS, cache_available
-from shop.early import EARLY_RESULT, view_hook
 from shop.errors import ServiceUnavailable, ShopError, render_error
 from shop.parsing import ParseRefused, json_loads_bounded
 from shop.ratelimit import RATE_LIMITED, Check, Limit, gcra_check_all
 from shop.runtime import limit_rule, switch_on
 
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 EXEMPT_PREFIXES = ("/healthz", "/readyz", "/metrics", "/static/")
 LOGIN_ROUTES = {"storefront-login", "api-token", "admin:login"}
 # Writes that stay open in read-only mode: logging in and out, and the operators' admin.
@@ -74,6 +73,9 @@ def rate_limited(retry_after: float, *, layer: str) -> RateLimited:
 # on the request under LIMIT_LAYERS.
 LIMITS_IN_VIEW = object()
 LIMIT_LAYERS = "shop_limit_layers"
+# What a view's hook answered when shop.early asked it before this middleware (then not asked
+# again here); absent when it was not asked.
+EARLY_RESULT = "shop_early_result"
 
 
 def request_limit_layers(request: HttpRequest) -> list[tuple[str, str]]:
@@ -225,7 +227,7 @@ class ThrottleMiddleware:
         if request.path_info.startswith(EXEMPT_PREFIXES):
             return None
         match = request.resolver_match
-        fail = "closed" if _view_option(view, "throttle_fail", "open") == "closed" else "open"
+        fail = "closed" if view_option(view, "throttle_fail", "open") == "closed" else "open"
         write = request.method not in SAFE_METHODS
         try:
             if write and switch_on("read_only") and not _read_only_exempt(request, match):
@@ -236,14 +238,15 @@ class ThrottleMiddleware:
             # sale this process knows is sold out): counting it would cost more than that.
             # (EarlyAnswerMiddleware asked it already for a route without parameters.)
             response = request.__dict__.get(EARLY_RESULT)
-            if write and EARLY_RESULT not in request.__dict__ and (hook := view_hook(view)):
-                response = hook(request)
+            if write and EARLY_RESULT not in request.__dict__:
+                hook = view_option(view, "answer_before_limits", None)
+                response = hook(request) if hook is not None else None
             route = match.route if match else request.path_info
             if response is LIMITS_IN_VIEW and fail == "open":
                 # The view checks the layers in one call with its own work (the flash-sale
                 # gate): the same layers, keys and rules, GCRA throughout.
                 layers = [("system", "all"), ("endpoint", route)]
-                if _view_option(view, "client_write_limit", True):
+                if view_option(view, "client_write_limit", True):
                     layers.append(("user_writes", client_identity(request)))
                 setattr(request, LIMIT_LAYERS, layers)
                 return None
@@ -253,7 +256,7 @@ class ThrottleMiddleware:
             if write:
                 if _is_login_route(match):
                     _login_checks(request)
-                elif _view_option(view, "client_write_limit", True):
+                elif view_option(view, "client_write_limit", True):
                     _fixed_window(
                         request, "user_writes", lambda g, r: client_identity(r), fail=fail
                     )
@@ -262,7 +265,7 @@ class ThrottleMiddleware:
         return None
 
 
-def _view_option(view: Any, name: str, default: Any) -> Any:
+def view_option(view: Any, name: str, default: Any) -> Any:
     """A view's own throttling policy, set as an attribute of the view function or of its
     class (DRF's ``as_view()`` keeps the class as ``view.cls``): the app decides, not this
     module. ``client_write_limit = False``: not counted under ``user_writes`` (e.g. a bank's
