@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    LUA_STATUS_DONE,
     LoadResult,
     bench_env,
     gunicorn,
@@ -49,7 +50,8 @@ from bench.common import (
 TARGET = 0.8
 
 # Cycles through `paths`; each wrk connection starts at a different offset.
-LUA = """
+LUA = (
+    """
 local paths = {paths}
 local threads = {{}}
 local counter = 0
@@ -69,14 +71,9 @@ function response(status, headers, body)
   local label = headers["X-Page-Cache"] or "-"
   statuses[label] = (statuses[label] or 0) + 1
 end
-function done(summary, latency, requests)
-  for _, thread in ipairs(threads) do
-    for label, count in pairs(thread:get("statuses")) do
-      io.write(string.format("status %s: %d\\n", label, count))
-    end
-  end
-end
 """
+    + LUA_STATUS_DONE
+)  # no braces: .format() leaves it be
 
 
 def _products(env: dict[str, str], count: int) -> list[dict]:

@@ -461,6 +461,18 @@ def wrk_parse(name: str, url: str, seconds: float, out: str) -> LoadResult:
     return LoadResult(name, url, requests, errors, seconds, rps, p50, p99, "wrk", dict(statuses))
 
 
+# The end of a wrk script that counts answers in a global ``statuses`` table (label → count,
+# one per thread): prints the "status <label>: <count>" lines the wrk parser above reads.
+LUA_STATUS_DONE = """function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for label, count in pairs(thread:get("statuses")) do
+      io.write(string.format("status %s: %d\\n", label, count))
+    end
+  end
+end
+"""
+
+
 def status_label(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> str:
     if headers is not None and headers.get("Idempotent-Replayed"):
         return f"{status} replayed"  # a repeated Idempotency-Key: no new effect
