@@ -288,9 +288,20 @@ def _wallet_order_try(
     return payment
 
 
-def _wallet_pay_and_decide(payment: Payment) -> TccTransaction:
-    """Transaction 2 (`default`): log, decision and the wallet's money together. Raises
-    InsufficientFunds (nothing written) or _AlreadyDecided."""
+def _wallet_logged(
+    payment: Payment,
+    *,
+    status: str,
+    retry_in: float,
+    wallet: str,
+    fence: str,
+    detail: str = "",
+    effect: Callable[[str], None] | None = None,
+) -> TccTransaction:
+    """A wallet payment's transaction logged on `default` in one local transaction: the TCC
+    row (``status``, next looked at in ``retry_in`` seconds), its order branch tried, its wallet
+    branch in ``wallet`` status and fenced ``fence``, with ``effect(xid)`` (the wallet's money)
+    inside it. Raises _AlreadyDecided when another process logged this payment first."""
     xid, now = f"pay-{payment.id}", timezone.now()
     try:
         with transaction.atomic(using="default"):
@@ -299,22 +310,24 @@ def _wallet_pay_and_decide(payment: Payment) -> TccTransaction:
                 payment_id=payment.id,
                 order_id=payment.order_id,
                 user_id=payment.user_id,
-                status=T.CONFIRMING,
-                next_retry_at=now + timedelta(seconds=settings.TCC_RETRY_INITIAL),
+                status=status,
+                next_retry_at=now + timedelta(seconds=retry_in),
             )
             TccBranch.objects.bulk_create(
                 [
                     TccBranch(transaction=tcc, branch="order", status=B.TRIED, updated_at=now),
-                    TccBranch(transaction=tcc, branch=WALLET, status=B.CONFIRMED, updated_at=now),
+                    TccBranch(
+                        transaction=tcc,
+                        branch=WALLET,
+                        status=wallet,
+                        detail=detail[:300],
+                        updated_at=now,
+                    ),
                 ]
             )
-            TccFence.objects.create(xid=xid, branch=WALLET, status=FenceStatus.CONFIRMED)
-            ledger.wallet_pay(
-                user_id=payment.user_id,
-                amount=payment.amount,
-                currency=payment.currency,
-                reference=xid,
-            )
+            TccFence.objects.create(xid=xid, branch=WALLET, status=fence)
+            if effect is not None:
+                effect(xid)
     except IntegrityError:
         existing = TccTransaction.objects.filter(xid=xid).first()
         if existing is None:
@@ -323,37 +336,27 @@ def _wallet_pay_and_decide(payment: Payment) -> TccTransaction:
     return tcc
 
 
+def _wallet_pay_and_decide(payment: Payment) -> TccTransaction:
+    """Transaction 2 (`default`): log, decision and the wallet's money together. Raises
+    InsufficientFunds (nothing written) or _AlreadyDecided."""
+    return _wallet_logged(
+        payment, status=T.CONFIRMING, retry_in=settings.TCC_RETRY_INITIAL,
+        wallet=B.CONFIRMED, fence=FenceStatus.CONFIRMED,
+        effect=lambda xid: ledger.wallet_pay(user_id=payment.user_id, amount=payment.amount,
+                                             currency=payment.currency, reference=xid),
+    )  # fmt: skip
+
+
 def _wallet_declined(payment: Payment, detail: str) -> Payment:
     """Not enough money: the transaction is logged with its wallet branch failed and fenced
     (`suspended`: nothing was frozen, nothing may be later), then cancelled as any other."""
-    xid, now = f"pay-{payment.id}", timezone.now()
     try:
-        with transaction.atomic(using="default"):
-            tcc = TccTransaction.objects.create(
-                xid=xid,
-                payment_id=payment.id,
-                order_id=payment.order_id,
-                user_id=payment.user_id,
-                next_retry_at=now + timedelta(seconds=settings.TCC_TRYING_TIMEOUT),
-            )
-            TccBranch.objects.bulk_create(
-                [
-                    TccBranch(transaction=tcc, branch="order", status=B.TRIED, updated_at=now),
-                    TccBranch(
-                        transaction=tcc,
-                        branch=WALLET,
-                        status=B.FAILED,
-                        detail=detail[:300],
-                        updated_at=now,
-                    ),
-                ]
-            )
-            TccFence.objects.create(xid=xid, branch=WALLET, status=FenceStatus.SUSPENDED)
-    except IntegrityError:
-        existing = TccTransaction.objects.filter(xid=xid).first()
-        if existing is None:
-            raise
-        return _wallet_follow(existing, payment)
+        tcc = _wallet_logged(
+            payment, status=T.TRYING, retry_in=settings.TCC_TRYING_TIMEOUT,
+            wallet=B.FAILED, fence=FenceStatus.SUSPENDED, detail=detail,
+        )  # fmt: skip
+    except _AlreadyDecided as decided:
+        return _wallet_follow(decided.tcc, payment)
     return _fail(tcc, payment, "insufficient_funds", detail)
 
 
