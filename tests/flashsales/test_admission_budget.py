@@ -8,7 +8,6 @@ import contextlib
 from collections import Counter
 
 import pytest
-import redis
 from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
@@ -20,6 +19,7 @@ from shop.authentication import token_cache
 from shop.sharding import shard_for_user
 from tests.factories.catalog import product_with_skus
 from tests.orders.conftest import api_client, new_key
+from tests.redis_counting import redis_round_trips
 
 pytestmark = [
     pytest.mark.needs_postgres,
@@ -48,13 +48,12 @@ def _caches(settings, monkeypatch):
 
 
 @pytest.fixture
-def work(monkeypatch):
+def work():
     """Counts of the work done inside ``with work.counted():`` (all threads)."""
 
     class Work:
         def __init__(self) -> None:
             self.redis = 0
-            self.counting = False
             self.sql: Counter[str] = Counter()  # statements by alias
             self.commits: Counter[str] = Counter()  # transactions by alias
             self.statements: list[str] = []
@@ -67,11 +66,9 @@ def work(monkeypatch):
                     alias: stack.enter_context(CaptureQueriesContext(connections[alias]))
                     for alias in connections
                 }
-                self.counting = True
-                try:
-                    yield self
-                finally:
-                    self.counting = False
+                trips = stack.enter_context(redis_round_trips())
+                yield self
+            self.redis = len(trips)
             for alias, queries in captured.items():
                 for query in queries.captured_queries:
                     if query["sql"] == "COMMIT":
@@ -80,20 +77,7 @@ def work(monkeypatch):
                         self.sql[alias] += 1
                         self.statements.append(query["sql"][:100])
 
-    box = Work()
-    command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
-
-    def counted_command(self, *args, **kwargs):
-        box.redis += box.counting
-        return command(self, *args, **kwargs)
-
-    def counted_pipeline(self, *args, **kwargs):
-        box.redis += box.counting
-        return pipeline(self, *args, **kwargs)
-
-    monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
-    return box
+    return Work()
 
 
 def _sale(units: int, limit: int):

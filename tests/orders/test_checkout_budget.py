@@ -5,14 +5,11 @@ profile), so a regression fails here and not only in bench/checkout.py."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from unittest import mock
 
 import pytest
-import redis
 from django.conf import settings
 from django.db import connections
 
@@ -22,6 +19,7 @@ from shop.models import IdempotencyRecord, OutboxMessage
 from shop.outbox import background
 from shop.sharding import shard_for_user
 from tests.orders.conftest import api_client, assert_invariants_hold, post_order
+from tests.redis_counting import redis_round_trips
 
 ALL = "__all__"
 WRITES = ("INSERT", "UPDATE", "DELETE", "WITH")  # a data-modifying CTE starts with WITH
@@ -77,29 +75,8 @@ class WorkCounter:
         with contextlib.ExitStack() as stack:
             for alias in settings.DATABASES:
                 stack.enter_context(connections[alias].execute_wrapper(self.wrapper(alias)))
-            stack.enter_context(self._redis_counted())
+            self.redis = stack.enter_context(redis_round_trips(this_thread_only=True))
             yield self
-
-    @contextlib.contextmanager
-    def _redis_counted(self):
-        """Redis round trips made by this thread (a command, a pipeline or a script call is
-        one); the broadcast listener's and the outbox publisher's threads are not the request."""
-        thread = threading.current_thread()
-        command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
-
-        def counted(original):
-            def call(client, *args, **kwargs):
-                if threading.current_thread() is thread:
-                    self.redis.append(str(args[0]) if args else "pipeline")
-                return original(client, *args, **kwargs)
-
-            return call
-
-        with (
-            mock.patch.object(redis.Redis, "execute_command", counted(command)),
-            mock.patch.object(redis.client.Pipeline, "execute", counted(pipeline)),
-        ):
-            yield
 
     def report(self) -> dict[str, Any]:
         return {"statements": dict(self.statements), "commits": dict(self.commits), "sql": self.sql,
