@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
@@ -22,7 +22,7 @@ from shop.errors import NotFound, ShopError, render_error
 from shop.idempotency import HEADER, HEADER_META, REPLAY_HEADER, request_fingerprint, validate_key
 from shop.parsers import PageField, StrictIntegerField
 from shop.parsing import ParseRefused, json_loads_bounded
-from shop.throttle import LIMITS_IN_VIEW, request_limit_layers
+from shop.throttle import LIMITS_IN_VIEW, limits_check, request_limit_layers
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     HEADER, str, OpenApiParameter.HEADER, required=True, description="1-255 printable characters"
@@ -146,7 +146,11 @@ class OrderCreateApi(APIView):
     def post(self, request: Request) -> Response:
         key = validate_key(request.META.get(HEADER_META))  # not request.headers: built per request
         serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        if not serializer.is_valid():
+            # The rate limits were left to this view (the early hook): a refused request
+            # counts too, as the middleware would have counted it, or it would sidestep them.
+            limits_check(request_limit_layers(request._request))
+            raise ValidationError(serializer.errors)
         outcome = checkout.checkout_submit(
             user_id=request.user.id,
             items=serializer.validated_data["items"],

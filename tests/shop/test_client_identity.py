@@ -187,3 +187,28 @@ def test_behind_a_load_balancer_junk_tokens_count_under_the_forwarded_client(set
     # ... and another client behind the same balancer has its own budget
     assert register("lb4", "198.51.100.7") == 201
     assert User.objects.count() == 3
+
+
+def test_checkouts_the_serializer_refuses_still_count_against_the_writes_budget(limiter):
+    # Given a buyer allowed one write (an API checkout leaves its limits to the view)
+    _writes_budget(1)
+    user = UserFactory()
+    token = Token.objects.create(user=user).key
+
+    def too_long_sku():  # passes the early hook's shape check, refused by the serializer
+        return APIClient().post(
+            "/api/v1/orders/",
+            {"items": [{"sku": "X" * 65, "quantity": 1}]},
+            format="json",
+            HTTP_AUTHORIZATION=f"Token {token}",
+            HTTP_IDEMPOTENCY_KEY=new_key(),
+        )
+
+    # When they send two checkouts the serializer refuses
+    first, second = too_long_sku(), too_long_sku()
+
+    # Then the first is the 400, and the second is over the budget: refusals are not free
+    assert first.status_code == 400
+    assert second.status_code == 429
+    assert second.json()["layer"] == "user_writes"
+    assert _orders_written() == 0
