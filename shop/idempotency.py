@@ -30,13 +30,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from shop.errors import ShopError, ValidationFailed
 from shop.models import IdempotencyRecord
+from shop.rowwrites import RowWrite, insert_sql, rows_write, update_sql
 from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
@@ -114,17 +115,33 @@ class IdempotencyClaim:
     def complete(self, *, status: int, body: Any) -> None:
         """Store the response to replay. Must run in the effect's transaction on ``using``;
         raises IdempotencyConflict (rolling the effect back) if the key was taken over."""
-        if not connections[self.using].in_atomic_block:
+        rows_write(self.using, [self.completion(status=status, body=body)])
+
+    def completion(self, *, status: int, body: Any) -> RowWrite:
+        """:meth:`complete` as a row the effect writes in its own statement
+        (``shop.rowwrites``); it raises IdempotencyConflict there if the key was taken over."""
+        connection = connections[self.using]
+        if not connection.in_atomic_block:
             raise RuntimeError("complete() belongs inside the transaction of the effect")
-        updated = self._mine().update(
-            status=IdempotencyRecord.Status.COMPLETED,
-            response_status=status,
-            response_body=body,
-            completed_at=timezone.now(),
-        )
-        if not updated:
-            raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
-        self.finished = True
+
+        def written(values: list[Any]) -> None:
+            if not values:
+                raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
+            self.finished = True
+
+        sql, params = update_sql(
+            connection,
+            IdempotencyRecord,
+            {
+                "status": IdempotencyRecord.Status.COMPLETED,
+                "response_status": status,
+                "response_body": body,
+                "completed_at": timezone.now(),
+            },
+            {"id": self.record_id, "owner_token": self.token,
+             "status": IdempotencyRecord.Status.IN_FLIGHT},
+        )  # fmt: skip
+        return RowWrite(sql, params, done=written)
 
     def remember(self, *, status: int, body: Any) -> None:
         """Store the response to replay in a transaction of its own: for a refusal (out of
@@ -187,21 +204,25 @@ def idempotency_begin(
     for _ in range(3):  # the record may vanish (released) between our insert and our read
         now = timezone.now()
         token = secrets.token_hex(16)
-        try:
-            # One INSERT is a transaction of its own: outside a caller's transaction it runs in
-            # autocommit (no BEGIN/COMMIT round trips); inside one, in a savepoint.
-            in_transaction = connections[using].in_atomic_block
-            with transaction.atomic(using=using) if in_transaction else contextlib.nullcontext():
-                record = IdempotencyRecord.objects.using(using).create(
-                    user_id=user_id,
-                    key=key,
-                    fingerprint=fingerprint,
-                    owner_token=token,
-                    locked_until=now + ttl,
-                )
-            return IdempotencyClaim(using, user_id, record.id, token)
-        except IntegrityError:
-            record = IdempotencyRecord.objects.using(using).filter(user_id=user_id, key=key).first()
+        # One INSERT is a transaction of its own: outside a caller's transaction it runs in
+        # autocommit (no BEGIN/COMMIT round trips); inside one it cannot fail it (a key
+        # already there is simply not inserted).
+        connection = connections[using]
+        record = IdempotencyRecord(
+            user_id=user_id,
+            key=key,
+            fingerprint=fingerprint,
+            owner_token=token,
+            locked_until=now + ttl,
+            created_at=now,
+        )
+        sql, params = insert_sql(connection, [record])
+        [inserted_ids] = rows_write(
+            using, [RowWrite(f"{sql} ON CONFLICT (user_id, key) DO NOTHING", params, "id")]
+        )
+        if inserted_ids:
+            return IdempotencyClaim(using, user_id, inserted_ids[0], token)
+        record = IdempotencyRecord.objects.using(using).filter(user_id=user_id, key=key).first()
         if record is None:
             continue
         if record.fingerprint != fingerprint:

@@ -27,6 +27,7 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +41,7 @@ from kombu.exceptions import KombuError
 
 from shop.logs import CELERY_HEADER, log_context, log_context_carry
 from shop.models import OutboxMessage, ProcessedMessage
+from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write
 from shop.sharding.loops import shards_each
 
 logger = logging.getLogger(__name__)
@@ -158,22 +160,55 @@ def outbox_enqueue(
 
     Must run inside the transaction (on ``using``) of the change that causes it.
     """
-    if not connections[using].in_atomic_block:
+    write = outbox_write(
+        using=using, user_id=user_id, task=task, kwargs=kwargs, queue=queue, countdown=countdown
+    )
+    rows_write(using, [write])
+    return write.message
+
+
+@dataclass
+class OutboxWrite(RowWrite):
+    message: OutboxMessage | None = None
+
+
+def outbox_write(
+    *,
+    using: str,
+    user_id: int,
+    task: str,
+    kwargs: dict[str, Any],
+    queue: str,
+    countdown: int = 0,
+) -> OutboxWrite:
+    """:func:`outbox_enqueue` as a row the caller writes in its own statement
+    (``shop.rowwrites``), inside the transaction (on ``using``) of the change that causes it.
+    Once written, the message is published after that transaction commits."""
+    connection = connections[using]
+    if not connection.in_atomic_block:
         raise RuntimeError("outbox_enqueue must run inside the transaction of the change")
-    message = OutboxMessage.objects.using(using).create(
+    now = timezone.now()
+    message = OutboxMessage(
         user_id=user_id,
         task=task,
         kwargs=kwargs,
         queue=queue,
         countdown=countdown,
-        available_at=timezone.now(),
+        available_at=now,
+        created_at=now,
         context=log_context_carry(),
     )
-    # robust: the change has committed; a failing fast path must not turn it into an error
-    # for the caller (the relay publishes what the fast path could not).
-    transaction.on_commit(lambda: outbox_publish(using=using, message=message), using=using,
-                          robust=True)  # fmt: skip
-    return message
+
+    def written(values: list[Any]) -> None:
+        message.id = values[0]
+        inserted(message, using=using)
+        # robust: the change has committed; a failing fast path must not turn it into an
+        # error for the caller (the relay publishes what the fast path could not).
+        transaction.on_commit(lambda: outbox_publish(using=using, message=message), using=using,
+                              robust=True)  # fmt: skip
+
+    sql, params = insert_sql(connection, [message])
+    return OutboxWrite(sql, params, returning="id", done=written, message=message)
 
 
 def _locked(using: str):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -52,7 +52,8 @@ from shop.cache import CACHE_BACKEND_ERRORS, cache_available
 from shop.errors import ServiceUnavailable, ShopError
 from shop.idempotency import IdempotencyClaim, Replay, idempotency_claimed
 from shop.locks import cache_is_redis
-from shop.outbox import outbox_enqueue
+from shop.outbox import outbox_write
+from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write, update_sql
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate
 from shop.throttle import limits_check
@@ -203,11 +204,11 @@ def _direct(
             return CheckoutOutcome(claim.status, claim.body or {}, replayed=True)
         body: dict[str, Any] = {}
 
-        def record(order: Order) -> None:  # inside the order's transaction
+        def record(order: Order) -> list[RowWrite]:  # written with the order
             body.update(order_body(order))
-            claim.complete(status=201, body=body)
+            return [claim.completion(status=201, body=body)]
 
-        services.order_place(user_id=user_id, items=items, on_created=record)
+        services.order_place(user_id=user_id, items=items, also_write=record)
         return CheckoutOutcome(201, body)
 
 
@@ -232,12 +233,12 @@ def _queued(
             return CheckoutOutcome(claim.status, claim.body or {}, replayed=True)
         body: dict[str, Any] = {}
 
-        def record(ticket: CheckoutTicket) -> None:  # inside the ticket's transaction
+        def record(ticket: CheckoutTicket) -> list[RowWrite]:  # written with the ticket
             body.update(ticket_body(ticket))
-            claim.complete(status=202, body=body)
+            return [claim.completion(status=202, body=body)]
 
         ticket_create(user_id=user_id, items=items, flash=flash,
-                      seq=admission.seq if admission else 0, on_created=record)  # fmt: skip
+                      seq=admission.seq if admission else 0, also_write=record)  # fmt: skip
         hold.keep()
         return CheckoutOutcome(202, body)
 
@@ -295,30 +296,31 @@ def ticket_create(
     items: Sequence[dict[str, Any]],
     flash: FlashSku | None,
     seq: int,
-    on_created: Callable[[CheckoutTicket], None] | None = None,
+    also_write: Callable[[CheckoutTicket], Sequence[RowWrite]] | None = None,
 ) -> CheckoutTicket:
-    """Queue a checkout: the ticket and its task (outbox) in one transaction on the buyer's
-    shard."""
+    """Queue a checkout: the ticket, its task (outbox) and the caller's rows
+    (``also_write(ticket)``: the idempotency key's stored response) in one transaction on the
+    buyer's shard, on PostgreSQL in one statement."""
     alias = shard_for_user(user_id)
-    quantity = flash_quantity(items, flash)
+    now = timezone.now()
+    ticket = CheckoutTicket(
+        id=id_generate(alias=alias, logical=logical_shard_for_user(user_id)),
+        user_id=user_id,
+        items=list(items),
+        gate_sku_id=flash.sku_id if flash else None,
+        gate_quantity=flash_quantity(items, flash),
+        seq=seq,
+        created_at=now,
+        updated_at=now,
+    )
     with transaction.atomic(using=alias):
-        ticket = CheckoutTicket.objects.using(alias).create(
-            id=id_generate(alias=alias, logical=logical_shard_for_user(user_id)),
-            user_id=user_id,
-            items=list(items),
-            gate_sku_id=flash.sku_id if flash else None,
-            gate_quantity=quantity,
-            seq=seq,
-        )
-        outbox_enqueue(
-            using=alias,
-            user_id=user_id,
-            task=TICKET_TASK,
-            kwargs={"ticket_id": str(ticket.id)},
-            queue=settings.CHECKOUT_QUEUE,
-        )
-        if on_created is not None:
-            on_created(ticket)
+        rows_write(alias, [
+            RowWrite(*insert_sql(connections[alias], [ticket])),
+            outbox_write(using=alias, user_id=user_id, task=TICKET_TASK,
+                         kwargs={"ticket_id": str(ticket.id)}, queue=settings.CHECKOUT_QUEUE),
+            *(also_write(ticket) if also_write is not None else ()),
+        ])  # fmt: skip
+        inserted(ticket, using=alias)
     checkout_observed("queued")
     return ticket
 
@@ -340,18 +342,22 @@ def ticket_process(*, ticket_id: int) -> str:
     if ticket.status != CheckoutTicket.Status.QUEUED:
         return ticket.status
 
-    def accept(order: Order) -> None:
-        settled = (
-            CheckoutTicket.objects.using(alias)
-            .filter(id=ticket.id, status=CheckoutTicket.Status.QUEUED)
-            .update(status=CheckoutTicket.Status.ACCEPTED, order_id=order.id,
-                    updated_at=timezone.now())
-        )  # fmt: skip
-        if not settled:
+    def settled(values: list[Any]) -> None:
+        if not values:
             raise TicketDone()
 
+    def accept(order: Order) -> list[RowWrite]:  # written with the order
+        sql, params = update_sql(
+            connections[alias],
+            CheckoutTicket,
+            {"status": CheckoutTicket.Status.ACCEPTED, "order_id": order.id,
+             "updated_at": timezone.now()},
+            {"id": ticket.id, "status": CheckoutTicket.Status.QUEUED},
+        )  # fmt: skip
+        return [RowWrite(sql, params, done=settled)]
+
     try:
-        services.order_place(user_id=ticket.user_id, items=ticket.items, on_created=accept)
+        services.order_place(user_id=ticket.user_id, items=ticket.items, also_write=accept)
     except TicketDone:
         return CheckoutTicket.objects.using(alias).get(id=ticket.id).status
     except REJECTIONS as exc:

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.db import DatabaseError, connections, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.catalog.selectors import SkuForCheckout, skus_for_checkout
@@ -48,8 +49,9 @@ from apps.orders.selectors import orphan_cutoff, reservations_orphaned
 from shop.alerts import alert_raise
 from shop.logs import log_context_bind
 from shop.metrics import DEAD_LETTERS
-from shop.outbox import consume_once, outbox_enqueue
+from shop.outbox import consume_once, outbox_enqueue, outbox_write
 from shop.review import review_file
+from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate, id_is_plausible
 from shop.sharding.loops import shards_each
@@ -146,14 +148,15 @@ def order_place(
     *,
     user_id: int,
     items: Sequence[dict[str, Any]],
-    on_created: Callable[[Order], None] | None = None,
+    also_write: Callable[[Order], Sequence[RowWrite]] | None = None,
 ) -> Order:
     """Check out ``items`` ([{"sku": code, "quantity": n}]) for a buyer.
 
     Validates against the live catalog, snapshots names and prices, reserves the stock
     (all or nothing; OutOfStock otherwise) and writes the order (`pending_payment`, expiring
-    after ORDER_RESERVATION_TTL) on the buyer's shard. ``on_created(order)`` runs inside the
-    order's transaction (the idempotency record is completed there). If the order cannot be
+    after ORDER_RESERVATION_TTL) on the buyer's shard. ``also_write(order)`` gives rows the
+    caller writes in the order's own statement (the idempotency key's stored response, a
+    ticket settled); one of them refusing rolls the order back. If the order cannot be
     written, the reservation is released again: no stock is held without an order.
     """
     lines = _checkout_lines(items)
@@ -173,7 +176,7 @@ def order_place(
             expires_at=expires_at,
         )
         try:
-            order = _order_write(alias, order_id, user_id, lines, expires_at, on_created)
+            order = _order_write(alias, order_id, user_id, lines, expires_at, also_write)
         except BaseException:
             _release_quietly(order_id)
             raise
@@ -196,8 +199,10 @@ def _order_write(
     user_id: int,
     lines: Sequence[CheckoutLine],
     expires_at: Any,
-    on_created: Callable[[Order], None] | None,
+    also_write: Callable[[Order], Sequence[RowWrite]] | None,
 ) -> Order:
+    """The order, its lines, its `created` event, its outbox message and the caller's rows:
+    one transaction on the shard, on PostgreSQL one statement."""
     now = timezone.now()
     order = Order(
         id=order_id,
@@ -234,81 +239,66 @@ def _order_write(
         data={},
         created_at=now,
     )
+    # The lines are known: callers reading order.lines.all() need no second query (stored the
+    # way prefetch_related stores them). A new order has no payments and no refund requests.
+    order._prefetched_objects_cache = {
+        "lines": _known(OrderLine.objects.using(alias).filter(order=order), order_lines),
+        "payments": _known(order.payments.none(), []),
+        "refund_requests": _known(order.refund_requests.none(), []),
+    }
     with transaction.atomic(using=alias):
-        _order_rows_insert(alias, order, order_lines, event)
-        # The lines are known: callers reading order.lines.all() need no second query
-        # (stored the way prefetch_related stores them).
-        lines_queryset = OrderLine.objects.using(alias).filter(order=order)
-        lines_queryset._result_cache = order_lines
-        lines_queryset._prefetch_done = True
-        # A new order has no payments and no refund requests: no query for those either.
-        order._prefetched_objects_cache = {
-            "lines": lines_queryset,
-            "payments": order.payments.none(),
-            "refund_requests": order.refund_requests.none(),
-        }
-        outbox_enqueue(
+        notify = outbox_write(
             using=alias,
             user_id=user_id,
             task=PLACED_NOTIFY_TASK,
             kwargs={"order_id": str(order.id)},
             queue=settings.NOTIFICATIONS_QUEUE,
         )
-        if on_created is not None:
-            on_created(order)
+        extra = [notify, *(also_write(order) if also_write is not None else ())]
+        _order_rows_insert(alias, order, order_lines, event, extra)
     return order
 
 
-def _insert_sql(
-    connection: Any, objs: Sequence[Any], *, returning: Sequence[str] = ()
-) -> tuple[str, list[Any]]:
-    """``INSERT INTO <table> (<every concrete column but an auto id>) VALUES …`` for ``objs``
-    (one model), values prepared the way ``save()`` prepares them."""
-    meta = objs[0]._meta
-    fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
-    quote = connection.ops.quote_name
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [
-        f.get_db_prep_save(getattr(obj, f.attname), connection) for obj in objs for f in fields
-    ]
-    # Identifiers come from the model's own metadata, every value is a parameter.
-    table, columns = quote(meta.db_table), ", ".join(quote(f.column) for f in fields)
-    values = ", ".join([row] * len(objs))
-    sql = f"INSERT INTO {table} ({columns}) VALUES {values}"  # noqa: S608  # nosec B608
-    if returning:
-        sql += f" RETURNING {', '.join(quote(column) for column in returning)}"
-    return sql, params
+def _known(queryset: QuerySet, rows: list[Any]) -> QuerySet:
+    """``queryset`` with its rows already known: iterating it runs no query."""
+    queryset._result_cache = rows
+    queryset._prefetch_done = True
+    return queryset
 
 
-def _order_rows_insert(alias: str, order: Order, lines: list[OrderLine], event: OrderEvent) -> None:
-    """Write a new order, its lines and its `created` event (inside the caller's transaction
-    on ``alias``); the instances get their ids and are marked saved.
+def _order_rows_insert(
+    alias: str, order: Order, lines: list[OrderLine], event: OrderEvent, extra: list[RowWrite]
+) -> None:
+    """Write a new order, its lines, its `created` event and ``extra`` (inside the caller's
+    transaction on ``alias``); the instances get their ids and are marked saved.
 
     On PostgreSQL it is one statement (data-modifying CTEs; the lines' foreign key to the order
-    is checked at the end of the statement), not three ORM round trips: checkout is the hot
-    path. Elsewhere (the embedded SQLite profile) the ORM writes them."""
+    is checked at the end of the statement), not one ORM round trip per row: checkout is the
+    hot path. Elsewhere (the embedded SQLite profile) the ORM writes the order's rows."""
     connection = connections[alias]
     if connection.vendor != "postgresql":
         order.save(using=alias, force_insert=True)
         OrderLine.objects.using(alias).bulk_create(lines)
         event.save(using=alias, force_insert=True)
+        rows_write(alias, extra)
         return
-    order_sql, order_params = _insert_sql(connection, [order])
-    lines_sql, lines_params = _insert_sql(connection, lines, returning=["id", "sku_id"])
-    event_sql, event_params = _insert_sql(connection, [event], returning=["id"])
-    with connection.cursor() as cursor:
-        statement = (
-            f"WITH o AS ({order_sql}), l AS ({lines_sql}), e AS ({event_sql}) "  # noqa: S608  # nosec B608
-            "SELECT (SELECT id FROM e), (SELECT array_agg(ARRAY[id, sku_id]) FROM l)"
-        )
-        cursor.execute(statement, [*order_params, *lines_params, *event_params])
-        event.id, line_ids = cursor.fetchone()
-    ids_by_sku = {sku_id: line_id for line_id, sku_id in line_ids}  # one line per SKU
-    for line in lines:
-        line.id = ids_by_sku[line.sku_id]
-    for instance in (order, event, *lines):
-        instance._state.adding = False
-        instance._state.db = alias
+
+    def lines_written(values: list[Any]) -> None:
+        ids_by_sku = {sku_id: line_id for line_id, sku_id in values}  # one line per SKU
+        for line in lines:
+            line.id = ids_by_sku[line.sku_id]
+
+    def event_written(values: list[Any]) -> None:
+        event.id = values[0]
+
+    rows_write(alias, [
+        RowWrite(*insert_sql(connection, [order])),
+        RowWrite(*insert_sql(connection, lines), returning="ARRAY[id, sku_id]",
+                 done=lines_written),
+        RowWrite(*insert_sql(connection, [event]), returning="id", done=event_written),
+        *extra,
+    ])  # fmt: skip
+    inserted(order, event, *lines, using=alias)
 
 
 # --- Reading what a service needs --------------------------------------------------------------

@@ -176,3 +176,37 @@ def test_records_are_cleaned_after_their_ttl(buyer, settings):
     )
     assert idempotency_cleanup() == 1
     assert list(IdempotencyRecord.objects.using(alias).values_list("key", flat=True)) == ["new"]
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_an_order_whose_key_was_taken_over_is_not_written(buyer, sku):
+    """The key's completion travels in the order's own statement (shop.rowwrites): when it
+    finds the key taken over, the order, its lines, event and outbox row roll back with it."""
+    from apps.orders import services
+    from shop.models import OutboxMessage
+
+    alias = shard_for_user(buyer.id)
+    former = idempotency_begin(using=alias, user_id=buyer.id, key="stalled", fingerprint="f")
+    IdempotencyRecord.objects.using(alias).update(
+        locked_until=timezone.now() - timedelta(seconds=1)
+    )
+    assert isinstance(
+        idempotency_begin(using=alias, user_id=buyer.id, key="stalled", fingerprint="f"),
+        IdempotencyClaim,
+    )
+
+    # When the stalled owner's checkout writes its order with the key's completion
+    with pytest.raises(IdempotencyConflict):
+        services.order_place(
+            user_id=buyer.id,
+            items=[{"sku": sku.code, "quantity": 2}],
+            also_write=lambda order: [former.completion(status=201, body={"id": str(order.id)})],
+        )
+
+    # Then nothing of the order stands and its units are available again
+    assert _orders() == 0
+    assert not OutboxMessage.objects.using(alias).exists()
+    assert IdempotencyRecord.objects.using(alias).get().status == "in_flight"
+    stock = Stock.objects.get(sku=sku)
+    assert (stock.available, stock.reserved) == (10, 0)
+    assert_invariants_hold()

@@ -130,7 +130,7 @@ def test_a_failed_order_write_releases_the_reservation(buyer, sku):
     # When checking out
     with pytest.raises(RuntimeError):
         services.order_place(
-            user_id=buyer.id, items=[{"sku": sku.code, "quantity": 4}], on_created=fail
+            user_id=buyer.id, items=[{"sku": sku.code, "quantity": 4}], also_write=fail
         )
 
     # Then nothing is half done: no order, and the units are available again

@@ -337,3 +337,25 @@ def test_two_operators_approving_at_once_refund_once(processing_held, shopper, o
     assert Refund.objects.using(shard_for_id(order.id)).count() == 1
     assert _wallet(shopper) == 7_900
     assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_the_order_body_is_what_the_order_serializer_writes(shopper, processing):
+    # Given a paid order in fulfilment with a refund request, and a brand new order
+    from apps.orders.api import OrderOutputSerializer, order_body
+    from apps.orders.selectors import order_get
+
+    refund_request_file(order_id=processing.id, user_id=shopper.id, reason="chipped", amount=500)
+    sku_code = processing.lines.get().sku_code
+    fresh = orders.order_place(user_id=shopper.id, items=[{"sku": sku_code, "quantity": 1}])
+
+    for order in (order_get(order_id=processing.id), fresh):
+        # When the hot path builds its body directly
+        body = order_body(order)
+
+        # Then it is exactly the serializer's (the API's documented schema), field for field
+        assert body == OrderOutputSerializer(order).data
+    paid = order_body(order_get(order_id=processing.id))
+    assert paid["paid_at"] and paid["payments"][0]["method"] == "wallet"
+    assert paid["refund_requests"][0]["reason"] == "chipped"
+    assert order_body(fresh)["paid_at"] is None
