@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -119,8 +120,12 @@ def order_body(order: Order) -> dict[str, Any]:
     }
 
 
+SKU_CODE_LENGTH = 64
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 class OrderItemInputSerializer(serializers.Serializer):
-    sku = serializers.CharField(max_length=64)
+    sku = serializers.CharField(max_length=SKU_CODE_LENGTH)
     quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_LINE_MAX_QUANTITY)
 
 
@@ -139,17 +144,9 @@ def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | N
         data = json_loads_bounded(request.body)
     except (AuthenticationFailed, DatabaseError, ShopError, ParseRefused):
         return None
-    items = data.get("items") if isinstance(data, dict) else None
-    if not isinstance(items, list) or not 1 <= len(items) <= settings.ORDER_MAX_LINES:
+    items = _items_as_validated(data)
+    if items is None:
         return None
-    for item in items:
-        if not (
-            isinstance(item, dict)
-            and isinstance(item.get("sku"), str)
-            and type(item.get("quantity")) is int
-            and 1 <= item["quantity"] <= settings.ORDER_LINE_MAX_QUANTITY
-        ):
-            return None
     try:  # the list of sales is re-read from the database now and then
         refusal = checkout.checkout_refused_locally(user_id=resolved[0].pk, items=items, key=key)
     except DatabaseError:
@@ -158,7 +155,34 @@ def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | N
         return render_error(request, refusal)
     # Any other well-formed checkout: the service checks its rate limits in one Redis call (a
     # flash-sale attempt's with the gate's own; the middleware's layers would cost two or three).
+    # The view takes the body as read here instead of parsing and validating it again.
+    request.checkout_read = (data, items)  # type: ignore[attr-defined]
     return LIMITS_IN_VIEW
+
+
+def _items_as_validated(data: Any) -> list[dict[str, Any]] | None:
+    """``data["items"]`` exactly as OrderCreateApi.InputSerializer would validate them, when it
+    would accept them unchanged (no surrounding blanks to trim, no unknown keys to drop): a
+    code of 1-64 characters without NUL or surrogates, a whole quantity in range, 1 to
+    ORDER_MAX_LINES items. None for anything else, which the serializer then judges."""
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= settings.ORDER_MAX_LINES:
+        return None
+    for item in items:
+        if not (isinstance(item, dict) and len(item) == 2):
+            return None
+        sku, quantity = item.get("sku"), item.get("quantity")
+        if not (
+            isinstance(sku, str)
+            and 1 <= len(sku) <= SKU_CODE_LENGTH
+            and sku == sku.strip()
+            and "\x00" not in sku
+            and not _SURROGATES.search(sku)
+            and type(quantity) is int
+            and 1 <= quantity <= settings.ORDER_LINE_MAX_QUANTITY
+        ):
+            return None
+    return items
 
 
 class OrderCreateApi(APIView):
@@ -180,19 +204,23 @@ class OrderCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         key = validate_key(request.META.get(HEADER_META))  # not request.headers: built per request
-        serializer = self.InputSerializer(data=request.data)
-        if not serializer.is_valid():
-            # The rate limits were left to this view (the early hook): a refused request
-            # counts too, as the middleware would have counted it, or it would sidestep them.
-            limits_check(request_limit_layers(request._request))
-            raise ValidationError(serializer.errors)
+        read = getattr(request._request, "checkout_read", None)  # by the early hook, validated
+        if read is not None:
+            body, items = read
+        else:
+            body = request.data
+            serializer = self.InputSerializer(data=body)
+            if not serializer.is_valid():
+                # The rate limits were left to this view (the early hook): a refused request
+                # counts too, as the middleware would have counted it, or it would sidestep them.
+                limits_check(request_limit_layers(request._request))
+                raise ValidationError(serializer.errors)
+            items = serializer.validated_data["items"]
         outcome = checkout.checkout_submit(
             user_id=request.user.id,
-            items=serializer.validated_data["items"],
+            items=items,
             key=key,
-            fingerprint=request_fingerprint(
-                method=request.method, path=request.path, body=request.data
-            ),
+            fingerprint=request_fingerprint(method=request.method, path=request.path, body=body),
             order_body=order_body,
             ticket_body=lambda ticket: ticket_body(ticket, request),
             remember_refusals=True,
