@@ -37,6 +37,7 @@ from bench.common import (
     bench_env,
     gunicorn,
     load,
+    load_mean,
     lua_list,
     manage,
     minimal_gunicorn,
@@ -139,21 +140,6 @@ def _load_all(
     return results
 
 
-def _mean(name: str, *runs: LoadResult) -> LoadResult:
-    n = len(runs)
-    return LoadResult(
-        name=name,
-        url=runs[0].url,
-        requests=sum(r.requests for r in runs),
-        errors=sum(r.errors for r in runs),
-        seconds=sum(r.seconds for r in runs),
-        rps=sum(r.rps for r in runs) / n,
-        p50_ms=sum(r.p50_ms for r in runs) / n,
-        p99_ms=sum(r.p99_ms for r in runs) / n,
-        tool=runs[0].tool,
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
@@ -214,10 +200,10 @@ def main() -> None:
                 cached += _load_all(base, [target], directory, args)
                 minimals += _load_all(minimal_base, minimal, directory, args)
         paired = [
-            _mean(f"minimal view around: {result.name}", before, after)
+            load_mean(f"minimal view around: {result.name}", before, after)
             for result, before, after in zip(cached, minimals[:-1], minimals[1:], strict=True)
         ]
-        baseline = _mean("minimal Django view (mean of all)", *minimals)
+        baseline = load_mean("minimal Django view (mean of all)", *minimals)
         without: list[LoadResult] = []
         if args.no_page_cache:
             # What the document cache alone gives when the shared page cache cannot be used

@@ -545,6 +545,23 @@ def _python_load(
     )
 
 
+def load_mean(name: str, *runs: LoadResult) -> LoadResult:
+    """The mean of several runs of one load (e.g. a baseline measured before and after the
+    scenario it is compared with, so the machine's drift between them evens out)."""
+    n = len(runs)
+    return LoadResult(
+        name=name,
+        url=runs[0].url,
+        requests=sum(r.requests for r in runs),
+        errors=sum(r.errors for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        rps=sum(r.rps for r in runs) / n,
+        p50_ms=sum(r.p50_ms for r in runs) / n,
+        p99_ms=sum(r.p99_ms for r in runs) / n,
+        tool=runs[0].tool,
+    )
+
+
 def percentile(ordered: list[float], fraction: float) -> float:
     """The ``fraction`` percentile of an ascending list (the same rank rule for every tool)."""
     return ordered[max(int(len(ordered) * fraction) - 1, 0)] if ordered else float("nan")

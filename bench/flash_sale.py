@@ -73,6 +73,7 @@ from bench.common import (
     connect_all,
     gunicorn,
     load,
+    load_mean,
     lua_list,
     manage,
     minimal_gunicorn,
@@ -679,6 +680,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
         tempfile.TemporaryDirectory(prefix="bench-flash-") as tmp,
         celery_worker(env, queues=data["queues"], log=Path(tmp) / "worker.log"),
         gunicorn(env, workers=WORKERS, threads=THREADS, log=Path(tmp) / "gunicorn.log") as base,
+        minimal_gunicorn(env, workers=WORKERS, threads=THREADS) as minimal,
     ):
         print("  celery worker and gunicorn up; warming up the checkout path ...", flush=True)
         warm, _ = attempts("warm-up", base, Path(tmp), order=warm_order, sku=skus["warm"]["code"],
@@ -688,16 +690,20 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
         after_order = random.Random(args.seed + 2).choices(range(1, len(buyers) + 1),
                                                            k=args.after)  # fmt: skip
         print("  will load: the minimal Django view (same worker model)", flush=True)
-        with minimal_gunicorn(env, workers=WORKERS, threads=THREADS) as minimal:
-            trivial = load("minimal Django view", minimal + "/healthz", seconds=args.seconds,
-                           connections=args.connections)  # fmt: skip
-            # The baseline of the targets: the same view sent the very requests of the sale
-            # (same script, bodies and headers), so parsing them and generating them (wrk's
-            # Lua builds each one and reads each answer) cost the baseline what they cost us.
-            same, _ = attempts("minimal view, the same requests", minimal, Path(tmp),
+        trivial = load("minimal Django view", minimal + "/healthz", seconds=args.seconds,
+                       connections=args.connections)  # fmt: skip
+
+        def same_requests(when: str) -> LoadResult:
+            """The baseline of the targets: the minimal view sent the very requests of the sale
+            (same script, bodies and headers), so parsing and generating them (wrk's Lua builds
+            each one and reads each answer) cost the baseline what they cost us. Measured before
+            the sale and after the sell-out phase: their mean evens out the machine's drift."""
+            same, _ = attempts(f"minimal view, the same requests ({when})", minimal, Path(tmp),
                                order=after_order, sku=skus["flash"]["code"],
-                               prefix=f"minimal-{run}", **runs)  # fmt: skip
-            same = replace(same, errors=max(0, len(after_order) - same.statuses.get("200", 0)))
+                               prefix=f"minimal-{when}-{run}", **runs)  # fmt: skip
+            return replace(same, errors=max(0, len(after_order) - same.statuses.get("200", 0)))
+
+        same_before = same_requests("before")
         sale = manage(
             "start_flash_sale", "--sku", skus["flash"]["code"], "--stock", str(args.units),
             "--per-user-limit", str(args.per_user_limit), env=env,
@@ -724,6 +730,9 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
             f"after sell-out: {len(after_order)} refusals", base, Path(tmp), order=after_order,
             sku=skus["flash"]["code"], prefix=f"after-{run}", **runs,
         )  # fmt: skip
+        print("  will load: the minimal Django view again, the same requests", flush=True)
+        same_after = same_requests("after")
+        same = load_mean("minimal view, the same requests (mean)", same_before, same_after)
         if args.no_plain:
             plain, plain_times = None, Timeline()
         else:
@@ -762,8 +771,8 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
     )  # fmt: skip
 
     measured = [(flash, flash_times), (after, None)] + ([(plain, plain_times)] if plain else [])
-    print_table([(trivial, trivial), (same, same)] + [(result, same) for result, _ in measured],
-                ratio_label="x same")  # fmt: skip
+    print_table([(trivial, trivial), (same_before, same), (same_after, same), (same, same)]
+                + [(result, same) for result, _ in measured], ratio_label="x same")  # fmt: skip
     for result, timeline in measured:
         if timeline is None:
             print(f"  {result.name}: {json.dumps(result.statuses, sort_keys=True)}")
@@ -810,6 +819,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
     return {
         "trivial": trivial,
         "trivial_same_requests": same,
+        "trivial_same_requests_runs": [same_before, same_after],
         "flash": flash,
         "plain": plain,
         "after_sell_out": after,
