@@ -43,6 +43,7 @@ from bench.common import (
     audit,
     bench_env,
     connect_all,
+    databases_vacuumed,
     gunicorn,
     load,
     lua_list,
@@ -305,6 +306,7 @@ def main() -> None:
     env = bench_env()
     print("preparing: migrate, seed, stock, tokens ...", flush=True)
     data = prepare(env, products=args.products, users=args.users, skus=args.skus)
+    print(f"  {databases_vacuumed(data['databases'])}", flush=True)
     skus = data["skus"]
     print(
         f"  {len(data['buyers'])} buyers with tokens; {args.skus} spread SKUs + 1 hot SKU each "

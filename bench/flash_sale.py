@@ -71,6 +71,7 @@ from bench.common import (
     bench_env,
     celery_worker,
     connect_all,
+    databases_vacuumed,
     gunicorn,
     load,
     load_mean,
@@ -616,6 +617,7 @@ def main() -> None:
     spec = {"run": run, "users": args.users, "units": args.units}
     data = shell_json("bench.flash_sale", "shell_prepare", json.dumps(spec), env=env)
     codes = [sku["code"] for sku in data["skus"].values()]
+    print(f"  {databases_vacuumed(data['databases'])}", flush=True)
     try:
         report = _run(args, env, data, run)
     finally:

@@ -93,6 +93,7 @@ from bench.common import (
     audit,
     bench_env,
     connect_all,
+    databases_vacuumed,
     gunicorn,
     load,
     lua_list,
@@ -852,6 +853,7 @@ def _run(
     )
     orders, took = place_orders(env, pools, data, processes=args.order_processes, seed=1)
     print(f"  placed in {took:.1f} s ({sum(pools.values()) / took:.0f} orders/s)", flush=True)
+    print(f"  {databases_vacuumed(data['databases'])}", flush=True)
 
     load_args = {"seconds": args.seconds, "connections": args.connections}
     raw = []
