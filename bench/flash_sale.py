@@ -516,6 +516,18 @@ def broker_queues(broker: str, queues: list[str]) -> dict[str, dict[str, int]]:
     return found
 
 
+def queues_drained(broker: str, queues: list[str], *, timeout: float = 120.0) -> str:
+    """Wait until the broker holds no ready message in ``queues`` (then a moment more, for
+    the worker to finish the ones it took); says how long that took."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if not any(q["messages"] for q in broker_queues(broker, queues).values()):
+            time.sleep(1.0)  # the worker's prefetched messages (concurrency 2)
+            return f"worker idle: its queues drained in {time.monotonic() - began:.1f} s"
+        time.sleep(0.2)
+    return f"WARNING: the worker's queues still hold messages after {timeout:.0f} s"
+
+
 # --- Report -------------------------------------------------------------------------------------
 
 
@@ -688,6 +700,10 @@ def _run(args: argparse.Namespace, env: dict[str, str], data: dict, run: str) ->
         warm, _ = attempts("warm-up", base, Path(tmp), order=warm_order, sku=skus["warm"]["code"],
                            prefix=f"warm-{run}", **runs)  # fmt: skip
         print(f"  warm-up: {json.dumps(warm.statuses, sort_keys=True)}", flush=True)
+        # The warm-up's orders queue notifications for the worker: measuring the baseline while
+        # it works them off would lend the baseline's cores to the worker (seen: 1,900 req/s
+        # then, 4,400 after the sale).
+        print(f"  {queues_drained(env['CELERY_BROKER_URL'], data['queues'])}", flush=True)
         # Every buyer keeps trying once it is gone: the attempts after the sell-out.
         after_order = random.Random(args.seed + 2).choices(range(1, len(buyers) + 1),
                                                            k=args.after)  # fmt: skip
