@@ -20,15 +20,16 @@ except a `tried` one, kept until its branch is confirmed or cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.utils import timezone
 
 from shop.models import FenceStatus, TccFence, TccShardFence
+from shop.rowwrites import RowWrite, rows_write, update_sql
 from shop.sharding.loops import shards_each
 
 T = TypeVar("T")
@@ -69,25 +70,50 @@ def fence_try(
 
 
 def fence_confirm(
-    *, using: str, xid: str, branch: str, effect: Callable[[], Any], user_id: int | None = None
+    *,
+    using: str,
+    xid: str,
+    branch: str,
+    effect: Callable[[], Any] | None = None,
+    user_id: int | None = None,
+    writes: Callable[[], Sequence[RowWrite]] | None = None,
 ) -> bool:
-    """Run ``effect`` as the branch's confirm, once. False if it was already confirmed."""
+    """Run the branch's confirm once: ``effect()``, or the rows ``writes()`` gives, written
+    as one statement (``shop.rowwrites``: the hot path). False if it was already confirmed;
+    FenceRefused if it was never tried or was cancelled. Neither runs in those cases."""
     model = _model(using)
-    fences = model.objects.using(using).filter(**_fields(using, xid, branch, user_id))
-    with transaction.atomic(using=using):
-        # One conditional UPDATE marks and locks a tried fence; a concurrent confirm waits on
-        # the row lock, then finds it no longer `tried`.
-        if not fences.filter(status=FenceStatus.TRIED).update(
-            status=FenceStatus.CONFIRMED, updated_at=timezone.now()
-        ):
-            fence = fences.first()
-            if fence is None:
-                raise FenceRefused(f"{xid}/{branch}: confirm without a try")
-            if fence.status == FenceStatus.CONFIRMED:
-                return False
-            raise FenceRefused(f"{xid}/{branch}: cannot confirm a {fence.status} branch")
-        effect()
-        return True
+    fields = _fields(using, xid, branch, user_id)
+    try:
+        with transaction.atomic(using=using):
+            # One conditional UPDATE marks and locks a tried fence; a concurrent confirm waits
+            # on the row lock, then finds it no longer `tried`.
+            sql, params = update_sql(
+                connections[using], model,
+                {"status": FenceStatus.CONFIRMED, "updated_at": timezone.now()},
+                {**fields, "status": FenceStatus.TRIED},
+            )  # fmt: skip
+            rows_write(using, [RowWrite(sql, params, done=_tried)])
+            if writes is not None:
+                rows_write(using, writes())
+            if effect is not None:
+                effect()
+            return True
+    except _NotTried:
+        fence = model.objects.using(using).filter(**fields).first()
+        if fence is None:
+            raise FenceRefused(f"{xid}/{branch}: confirm without a try") from None
+        if fence.status == FenceStatus.CONFIRMED:
+            return False
+        raise FenceRefused(f"{xid}/{branch}: cannot confirm a {fence.status} branch") from None
+
+
+class _NotTried(Exception):
+    """The fence was not `tried` when its confirm came: the confirm's writes roll back."""
+
+
+def _tried(values: list[Any]) -> None:
+    if not values:
+        raise _NotTried()
 
 
 def fence_cancel(

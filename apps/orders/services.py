@@ -51,7 +51,7 @@ from shop.logs import log_context_bind
 from shop.metrics import DEAD_LETTERS
 from shop.outbox import consume_once, outbox_enqueue, outbox_write
 from shop.review import review_file
-from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write
+from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write, update_sql
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate, id_is_plausible
 from shop.sharding.loops import shards_each
@@ -371,6 +371,17 @@ def _event(
 def _transition(order: Order, to: str, *, actor: str, reason: str = "", **fields: Any) -> Order:
     """Move ``order`` to ``to`` if that is legal from its current status, atomically against
     concurrent changes (conditional UPDATE). Must run inside a transaction on its shard."""
+    rows_write(order._state.db, _transition_writes(order, to, actor=actor, reason=reason,
+                                                   **fields))  # fmt: skip
+    return order
+
+
+def _transition_writes(
+    order: Order, to: str, *, actor: str, reason: str = "", **fields: Any
+) -> list[RowWrite]:
+    """:func:`_transition` as rows (``shop.rowwrites``): the conditional UPDATE, whose
+    ``done`` raises InvalidOrderState when the order changed meanwhile (rolling every write of
+    the statement back) and otherwise updates ``order``, and the `status_changed` event."""
     alias = order._state.db
     current = order.status
     if to not in TRANSITIONS.get(current, set()):
@@ -379,23 +390,29 @@ def _transition(order: Order, to: str, *, actor: str, reason: str = "", **fields
             extra={"status": current},
         )
     now = timezone.now()
-    changed = (
-        Order.objects.using(alias)
-        .filter(id=order.id, status=current)
-        .update(status=to, updated_at=now, **fields)
-    )
-    if not changed:
-        fresh = Order.objects.using(alias).get(id=order.id)
-        raise InvalidOrderState(
-            f"The order changed meanwhile; it is now {fresh.status.replace('_', ' ')}.",
-            extra={"status": fresh.status},
-        )
-    order.status = to
-    order.updated_at = now
-    for name, value in fields.items():
-        setattr(order, name, value)
-    _event(order, "status_changed", current, to, actor=actor, reason=reason)
-    return order
+    connection = connections[alias]
+
+    def moved(values: list[Any]) -> None:
+        if not values:
+            fresh = Order.objects.using(alias).get(id=order.id)
+            raise InvalidOrderState(
+                f"The order changed meanwhile; it is now {fresh.status.replace('_', ' ')}.",
+                extra={"status": fresh.status},
+            )
+        order.status = to
+        order.updated_at = now
+        for name, value in fields.items():
+            setattr(order, name, value)
+
+    event = OrderEvent(
+        order_id=order.id, user_id=order.user_id, kind="status_changed", from_status=current,
+        to_status=to, actor=actor, reason=reason[:300], data={}, created_at=now,
+    )  # fmt: skip
+    moving = update_sql(
+        connection, Order, {"status": to, "updated_at": now, **fields},
+        {"id": order.id, "status": current},
+    )  # fmt: skip
+    return [RowWrite(*moving, done=moved), RowWrite(*insert_sql(connection, [event]))]
 
 
 # --- Cancel, expire, paid ---------------------------------------------------------------------
@@ -530,44 +547,48 @@ def order_mark_paid(
     order_id: int,
     actor: str,
     reason: str = "payment captured",
-    in_transaction: Callable[[Order], None] | None = None,
     commit_stock: bool = True,
-    known: Order | None = None,
 ) -> Order:
-    """An unpaid order is paid: commit its stock and queue its processing (outbox).
-
-    Raises InvalidOrderState unless it is `pending_payment`. ``in_transaction(order)`` runs in
-    the same shard transaction (the payment's confirm records itself there). The stock is
-    committed right after (``commit_stock=False``: the caller commits it after its own shard
-    transaction); if that fails the expiry sweep commits it (never releases it). ``known``:
-    the order as the caller last read it, which saves reading it again (its status is checked
-    by the conditional UPDATE all the same).
+    """An unpaid order is paid: commit its stock and queue its processing (outbox), one
+    transaction on its shard. Raises InvalidOrderState unless it is `pending_payment`. The
+    stock is committed right after; if that fails the expiry sweep commits it (never releases
+    it). A payment's confirm writes the same rows in its own statement: :func:`order_paid_writes`.
     """
-    order = known if known is not None and known.id == order_id else _order_for_update(order_id)
+    order = _order_for_update(order_id)
+    with transaction.atomic(using=order._state.db):
+        rows_write(order._state.db, order_paid_writes(order=order, actor=actor, reason=reason))
+    if commit_stock:
+        order_stock_commit(order_id=order.id)
+    return order
+
+
+def order_paid_writes(
+    *,
+    order: Order,
+    actor: str,
+    reason: str = "payment captured",
+    also_write: Callable[[Order], Sequence[RowWrite]] | None = None,
+) -> list[RowWrite]:
+    """The rows that mark ``order`` paid (``shop.rowwrites``, inside the caller's transaction
+    on its shard): the conditional move `pending_payment → paid` and its event (InvalidOrderState
+    when it is no longer unpaid), the caller's rows (``also_write(order)``: the payment marked
+    succeeded) and the outbox message that queues the order's processing. The caller commits
+    the stock after its transaction (:func:`order_stock_commit`)."""
     alias = order._state.db
-    # No savepoint when the caller's transaction is open (the payment's confirm): any error
-    # here rolls that whole transaction back anyway.
-    with transaction.atomic(using=alias, savepoint=False):
-        _transition(
-            order,
-            S.PAID,
-            actor=actor,
-            reason=reason,
-            paid_at=timezone.now(),
-            payment_started_at=None,
-        )
-        if in_transaction is not None:
-            in_transaction(order)
-        outbox_enqueue(
+    paid = _transition_writes(
+        order, S.PAID, actor=actor, reason=reason, paid_at=timezone.now(), payment_started_at=None
+    )
+    return [
+        *paid,
+        *(also_write(order) if also_write is not None else ()),
+        outbox_write(
             using=alias,
             user_id=order.user_id,
             task=PROCESS_TASK,
             kwargs={"order_id": str(order.id), "attempt": 1},
             queue=settings.ORDER_PROCESSING_QUEUE,
-        )
-    if commit_stock:
-        order_stock_commit(order_id=order.id)
-    return order
+        ),
+    ]
 
 
 def order_stock_commit(*, order_id: int) -> None:

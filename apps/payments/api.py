@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.orders.api import IDEMPOTENCY_PARAMETER, OrderOutputSerializer, order_body
+from apps.orders.api import DATETIME, IDEMPOTENCY_PARAMETER, OrderOutputSerializer, order_body
 from apps.orders.exceptions import OrderNotFound
 from apps.orders.selectors import order_get
 from apps.payments import selectors, services
@@ -24,6 +24,7 @@ from apps.payments.services.webhooks import WebhookRejected
 from shop.idempotency import Replay, idempotent_request
 from shop.parsers import StrictIntegerField, body_bounded
 from shop.parsing import INT64_MAX
+from shop.rowwrites import RowWrite
 from shop.sharding import shard_for_id, shard_for_user
 from shop.sharding.ids import id_is_plausible
 
@@ -70,7 +71,29 @@ class RefundRequestOutputSerializer(serializers.Serializer):
 
 
 def payment_body(payment: Payment) -> dict[str, Any]:
-    return PaymentOutputSerializer(payment).data
+    """PaymentOutputSerializer's representation of ``payment``, built directly: a wallet
+    payment stores it with its idempotency key on the hot path (tested equal to it)."""
+    return {
+        "id": str(payment.id),
+        "order": str(payment.order_id),
+        "status": payment.status,
+        "method": payment.method,
+        "channel": payment.channel,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "refunded_amount": payment.refunded_amount,
+        "failure_code": payment.failure_code,
+        "created_at": DATETIME.to_representation(payment.created_at),
+        "attempts": [
+            {
+                "channel": attempt.channel,
+                "outcome": attempt.outcome,
+                "reason": attempt.reason,
+                "latency_ms": attempt.latency_ms,
+            }
+            for attempt in payment.attempts.all()
+        ],
+    }
 
 
 class PaymentCreateApi(APIView):
@@ -96,12 +119,12 @@ class PaymentCreateApi(APIView):
             data = serializer.validated_data
             settled: dict[str, Any] = {}
 
-            def on_settled(payment: Payment) -> None:
+            def on_settled(payment: Payment) -> list[RowWrite]:
                 # Inside the transaction that marks the payment succeeded: the key's response
-                # is stored with it (no transaction of its own), once that one commits.
+                # is stored with it (in the same statement), once that one commits.
                 settled["body"] = payment_body(payment)
-                claim.complete(status=201, body=settled["body"])
                 transaction.on_commit(lambda: settled.update(committed=True), using=claim.using)
+                return [claim.completion(status=201, body=settled["body"])]
 
             # A retry after a crash reports the payment the first request started.
             payment_id = claim.resume_or_start(

@@ -264,3 +264,30 @@ def test_a_declined_wallet_payment_is_cancelled_and_its_wallet_branch_fenced(sho
     assert not Transfer.objects.filter(reference=tcc.xid).exists()
     assert _order(order).payment_started_at is None
     assert_invariants_hold()
+
+
+@pytest.mark.django_db(databases=ALL)
+def test_the_payment_body_is_what_the_payment_serializer_writes(shopper, order):
+    # Given a wallet payment as the hot path builds its reply, and one read back with a
+    # channel attempt recorded against it
+    from apps.payments.api import PaymentOutputSerializer, payment_body
+    from apps.payments.models import PaymentAttempt
+    from apps.payments.selectors import payment_get
+
+    settled = {}
+    payment_pay(
+        order_id=order.id, user_id=shopper.id, method="wallet",
+        on_settled=lambda p: settled.update(body=payment_body(p), payment=p),
+    )  # fmt: skip
+    alias = shard_for_id(order.id)
+    PaymentAttempt.objects.using(alias).create(
+        payment_id=settled["payment"].id, user_id=shopper.id, channel="alpha",
+        outcome="declined", reason="first choice", latency_ms=42,
+    )  # fmt: skip
+    read_back = payment_get(payment_id=settled["payment"].id)
+
+    # Then each body is the serializer's (the API's documented schema), field for field
+    assert settled["body"] == PaymentOutputSerializer(settled["payment"]).data
+    assert payment_body(read_back) == PaymentOutputSerializer(read_back).data
+    assert settled["body"]["status"] == "succeeded" and settled["body"]["attempts"] == []
+    assert payment_body(read_back)["attempts"][0]["latency_ms"] == 42

@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.orders import services as orders
 from apps.orders.exceptions import InvalidOrderState, OrderNotFound
 from apps.orders.models import Order
+from apps.orders.selectors import order_get
 from apps.payments.exceptions import InsufficientFunds, PaymentInProgress
 from apps.payments.metrics import PAYMENTS, attempt_observed
 from apps.payments.models import (
@@ -61,6 +62,7 @@ from apps.payments.services.channels import (
 from shop.logs import log_context_bind
 from shop.models import FenceStatus, TccFence, TccShardFence
 from shop.review import review_file
+from shop.rowwrites import RowWrite, rows_write, update_sql
 from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
 from shop.sharding.loops import shards_each
@@ -128,7 +130,7 @@ def payment_pay(
     method: str,
     channel: str | None = None,
     on_started: Callable[[Payment], None] | None = None,
-    on_settled: Callable[[Payment], None] | None = None,
+    on_settled: Callable[[Payment], Sequence[RowWrite] | None] | None = None,
 ) -> Payment:
     """Pay a buyer's unpaid order with their wallet or a card. Returns the payment, whose
     status is `succeeded`, `failed` (declined, insufficient funds, no channel), `pending`
@@ -137,8 +139,9 @@ def payment_pay(
     Raises OrderNotFound, InvalidOrderState (not payable) or PaymentInProgress (another payment
     of this order is live or succeeded). ``on_started(payment)`` runs in the transaction that
     creates the payment (the idempotency key records it there). ``on_settled(payment)`` runs
-    in the transaction on the order's shard that marks a wallet payment succeeded (the key
-    stores its response there); it does not run when the payment ends any other way.
+    in the transaction on the order's shard that marks a wallet payment succeeded and gives rows
+    written in its statement (``shop.rowwrites``: the key's stored response); it does not run
+    when the payment ends any other way.
     """
     if method not in METHODS:
         raise ValueError(f"unknown payment method {method!r}")
@@ -233,7 +236,7 @@ def _pay_wallet(
     order_id: int,
     user_id: int,
     on_started: Callable[[Payment], None] | None,
-    on_settled: Callable[[Payment], None] | None,
+    on_settled: Callable[[Payment], Sequence[RowWrite] | None] | None,
 ) -> Payment:
     payment = _wallet_order_try(order_id=order_id, user_id=user_id, on_started=on_started)
     log_context_bind(order_id=order_id, payment_id=payment.id)
@@ -371,15 +374,16 @@ def _wallet_follow(tcc: TccTransaction, payment: Payment) -> Payment:
 
 def _wallet_finish(tcc: TccTransaction, payment: Payment) -> None:
     """Transaction 4 (`default`): the paid order's stock committed, the transaction closed."""
-    now = timezone.now()
+    now, connection = timezone.now(), connections["default"]
     with transaction.atomic(using="default"):
         orders.order_stock_commit(order_id=payment.order_id)
-        TccBranch.objects.filter(transaction=tcc, branch="order").update(
-            status=B.CONFIRMED, updated_at=now
-        )
-        TccTransaction.objects.filter(id=tcc.id, status=T.CONFIRMING).update(
-            status=T.CONFIRMED, next_retry_at=None, updated_at=now
-        )
+        rows_write("default", [
+            RowWrite(*update_sql(connection, TccBranch, {"status": B.CONFIRMED, "updated_at": now},
+                                 {"transaction": tcc.id, "branch": "order"})),
+            RowWrite(*update_sql(connection, TccTransaction,
+                                 {"status": T.CONFIRMED, "next_retry_at": None, "updated_at": now},
+                                 {"id": tcc.id, "status": T.CONFIRMING})),
+        ])  # fmt: skip
     tcc.status, tcc.next_retry_at = T.CONFIRMED, None
 
 
@@ -637,7 +641,7 @@ def _confirm_order(
     tcc: TccTransaction,
     payment: Payment,
     *,
-    on_settled: Callable[[Payment], None] | None = None,
+    on_settled: Callable[[Payment], Sequence[RowWrite] | None] | None = None,
     commit_stock: bool = True,
 ) -> None:
     """The order branch's confirm (one transaction on the shard). With ``commit_stock`` the
@@ -645,35 +649,39 @@ def _confirm_order(
     and died before committing it) and the branch marked confirmed."""
     alias = payment._state.db
 
-    def settled(order: Order) -> None:
+    def settled(order: Order) -> list[RowWrite]:  # written with the order's move to `paid`
         now = timezone.now()
-        Payment.objects.using(alias).filter(id=payment.id).update(
-            status=PaymentStatus.SUCCEEDED,
-            captured_amount=payment.amount,
-            settled_at=now,
-            updated_at=now,
-        )
+        written = [
+            RowWrite(*update_sql(
+                connections[alias], Payment,
+                {"status": PaymentStatus.SUCCEEDED, "captured_amount": payment.amount,
+                 "settled_at": now, "updated_at": now},
+                {"id": payment.id},
+            ))
+        ]  # fmt: skip
         payment.status, payment.captured_amount = PaymentStatus.SUCCEEDED, payment.amount
         payment.settled_at = payment.updated_at = now
         if on_settled is not None:
             # A wallet payment records no channel attempts: its reply needs no query for them.
-            payment._prefetched_objects_cache = {
-                "attempts": PaymentAttempt.objects.using(alias).none()
-            }
-            on_settled(payment)
+            no_attempts = PaymentAttempt.objects.using(alias).none()
+            no_attempts._result_cache, no_attempts._prefetch_done = [], True  # iterates no query
+            payment._prefetched_objects_cache = {"attempts": no_attempts}
+            written += on_settled(payment) or ()
+        return written
 
-    def effect() -> None:
-        orders.order_mark_paid(
-            order_id=payment.order_id,
-            actor="system",
-            reason=f"payment {payment.id} captured",
-            commit_stock=False,
-            in_transaction=settled,
-            # The live request's own order row (from its try): not read again.
-            known=payment.order if Payment.order.is_cached(payment) else None,
-        )
+    def writes() -> list[RowWrite]:
+        # The live request's own order row (from its try) is not read again: its status is
+        # checked by the conditional UPDATE all the same.
+        known = payment.order if Payment.order.is_cached(payment) else None
+        order = known if known is not None else order_get(order_id=payment.order_id)
+        if order is None:
+            raise OrderNotFound()
+        return orders.order_paid_writes(
+            order=order, actor="system", reason=f"payment {payment.id} captured",
+            also_write=settled,
+        )  # fmt: skip
 
-    fence_confirm(using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id, effect=effect)
+    fence_confirm(using=alias, xid=tcc.xid, branch="order", user_id=payment.user_id, writes=writes)
     if commit_stock:
         orders.order_stock_commit(order_id=payment.order_id)
         _branch(tcc, "order", B.CONFIRMED)
