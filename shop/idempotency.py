@@ -95,9 +95,23 @@ class IdempotencyClaim:
     def attach(self, resource_id: str) -> None:
         """Record what this request created, inside the transaction that creates it. A retry
         that takes the key over after a crash finds it here instead of creating another."""
-        if not self._mine().update(resource_id=resource_id):
-            raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
-        self.resource_id = resource_id
+        rows_write(self.using, [self.attachment(resource_id)])
+
+    def attachment(self, resource_id: str) -> RowWrite:
+        """:meth:`attach` as a row written in the statement that creates the resource
+        (``shop.rowwrites``); it raises IdempotencyConflict there if the key was taken over."""
+
+        def written(values: list[Any]) -> None:
+            if not values:
+                raise IdempotencyConflict("This Idempotency-Key was taken over by a later request.")
+            self.resource_id = resource_id
+
+        sql, params = update_sql(
+            connections[self.using], IdempotencyRecord, {"resource_id": resource_id},
+            {"id": self.record_id, "owner_token": self.token,
+             "status": IdempotencyRecord.Status.IN_FLIGHT},
+        )  # fmt: skip
+        return RowWrite(sql, params, done=written)
 
     def resume_or_start(self, start: Callable[[Callable[[str], None]], object]) -> str:
         """The id of the resource this key's effect created, which is never created twice.

@@ -19,6 +19,7 @@ from typing import Any
 
 from django.db import connections
 from django.db.models import Model
+from django.utils import timezone
 
 
 @dataclass
@@ -35,6 +36,8 @@ class RowWrite:
 def rows_write(using: str, writes: Sequence[RowWrite]) -> list[list[Any]]:
     """Run ``writes`` on ``using`` (inside the caller's transaction when it has one), in order;
     then call each one's ``done``. Returns each write's values."""
+    if not writes:
+        return []
     connection = connections[using]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and len(writes) > 1:
@@ -64,9 +67,20 @@ def rows_write(using: str, writes: Sequence[RowWrite]) -> list[list[Any]]:
 
 def insert_sql(connection: Any, objs: Sequence[Model]) -> tuple[str, list[Any]]:
     """``INSERT INTO <table> (<every concrete column but an auto id>) VALUES …`` for ``objs``
-    (one model), values prepared the way ``save()`` prepares them."""
+    (one model), values prepared the way ``save()`` prepares them. An ``auto_now`` or
+    ``auto_now_add`` field left empty gets the current time (one ``now`` for the lot), set on
+    the instance too; one the caller set is kept (a reply built from it says what is stored)."""
     meta = objs[0]._meta
     fields = [f for f in meta.concrete_fields if f is not meta.auto_field]
+    stamped = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
+    if stamped:
+        now = timezone.now()
+        for obj in objs:
+            for f in stamped:
+                if getattr(obj, f.attname) is None:
+                    setattr(obj, f.attname, now)
     quote = connection.ops.quote_name
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     params = [

@@ -325,19 +325,28 @@ def order_payment_start(*, order: Order, locked: bool = False) -> Order:
     :func:`order_payment_end` or :func:`order_mark_paid`. Raises InvalidOrderState.
     ``locked``: the caller already holds the row's lock (:func:`order_lock`)."""
     locked = order if locked else _locked(order)
-    if locked.status != S.PENDING_PAYMENT:
+    rows_write(order._state.db, order_payment_start_writes(order=locked))
+    return locked
+
+
+def order_payment_start_writes(*, order: Order) -> list[RowWrite]:
+    """:func:`order_payment_start` as rows (``shop.rowwrites``) for an order whose row the
+    caller has locked (:func:`order_lock`), written with the payment's own rows. Raises
+    InvalidOrderState at once when it cannot be paid."""
+    if order.status != S.PENDING_PAYMENT:
         raise InvalidOrderState(
-            f"An order that is {locked.status.replace('_', ' ')} cannot be paid.",
-            extra={"status": locked.status},
-        )
-    if locked.expires_at <= timezone.now():
-        raise InvalidOrderState(
-            "This order's reservation has expired.", extra={"status": locked.status}
+            f"An order that is {order.status.replace('_', ' ')} cannot be paid.",
+            extra={"status": order.status},
         )
     now = timezone.now()
-    Order.objects.using(order._state.db).filter(id=order.id).update(payment_started_at=now)
-    locked.payment_started_at = now
-    return locked
+    if order.expires_at <= now:
+        raise InvalidOrderState(
+            "This order's reservation has expired.", extra={"status": order.status}
+        )
+    order.payment_started_at = now
+    sql, params = update_sql(connections[order._state.db], Order, {"payment_started_at": now},
+                             {"id": order.id})  # fmt: skip
+    return [RowWrite(sql, params)]
 
 
 def order_payment_end(*, order: Order) -> None:

@@ -126,14 +126,15 @@ class PaymentCreateApi(APIView):
                 transaction.on_commit(lambda: settled.update(committed=True), using=claim.using)
                 return [claim.completion(status=201, body=settled["body"])]
 
-            # A retry after a crash reports the payment the first request started.
+            # A retry after a crash reports the payment the first request started (the payment
+            # is attached to the key in the statement that creates it).
             payment_id = claim.resume_or_start(
-                lambda attach: services.payment_pay(
+                lambda _attach: services.payment_pay(
                     order_id=order_id,
                     user_id=user_id,
                     method=data["method"],
                     channel=data.get("channel"),
-                    on_started=lambda payment: attach(str(payment.id)),
+                    on_started=lambda payment: [claim.attachment(str(payment.id))],
                     on_settled=on_settled,
                 )
             )

@@ -62,7 +62,7 @@ from apps.payments.services.channels import (
 from shop.logs import log_context_bind
 from shop.models import FenceStatus, TccFence, TccShardFence
 from shop.review import review_file
-from shop.rowwrites import RowWrite, rows_write, update_sql
+from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write, update_sql
 from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
 from shop.sharding.loops import shards_each
@@ -129,7 +129,7 @@ def payment_pay(
     user_id: int,
     method: str,
     channel: str | None = None,
-    on_started: Callable[[Payment], None] | None = None,
+    on_started: Callable[[Payment], Sequence[RowWrite] | None] | None = None,
     on_settled: Callable[[Payment], Sequence[RowWrite] | None] | None = None,
 ) -> Payment:
     """Pay a buyer's unpaid order with their wallet or a card. Returns the payment, whose
@@ -138,7 +138,8 @@ def payment_pay(
 
     Raises OrderNotFound, InvalidOrderState (not payable) or PaymentInProgress (another payment
     of this order is live or succeeded). ``on_started(payment)`` runs in the transaction that
-    creates the payment (the idempotency key records it there). ``on_settled(payment)`` runs
+    creates the payment and may give rows written with it (``shop.rowwrites``: the idempotency
+    key records the payment there). ``on_settled(payment)`` runs
     in the transaction on the order's shard that marks a wallet payment succeeded and gives rows
     written in its statement (``shop.rowwrites``: the key's stored response); it does not run
     when the payment ends any other way.
@@ -189,7 +190,7 @@ def payment_pay(
         except IntegrityError as exc:
             raise PaymentInProgress() from exc
         if on_started is not None:
-            on_started(payment)
+            rows_write(alias, on_started(payment) or ())
         return payment
 
     try:
@@ -235,7 +236,7 @@ def _pay_wallet(
     *,
     order_id: int,
     user_id: int,
-    on_started: Callable[[Payment], None] | None,
+    on_started: Callable[[Payment], Sequence[RowWrite] | None] | None,
     on_settled: Callable[[Payment], Sequence[RowWrite] | None] | None,
 ) -> Payment:
     payment = _wallet_order_try(order_id=order_id, user_id=user_id, on_started=on_started)
@@ -262,21 +263,26 @@ def _pay_wallet(
 
 
 def _wallet_order_try(
-    *, order_id: int, user_id: int, on_started: Callable[[Payment], None] | None
+    *,
+    order_id: int,
+    user_id: int,
+    on_started: Callable[[Payment], Sequence[RowWrite] | None] | None,
 ) -> Payment:
-    """Transaction 1 (order's shard). Raises OrderNotFound, InvalidOrderState or
-    PaymentInProgress, leaving nothing behind."""
+    """Transaction 1 (order's shard): the order locked, then its hold, the branch's fence, the
+    payment `pending` and ``on_started(payment)``'s rows (the key's resource) in one statement.
+    Raises OrderNotFound, InvalidOrderState or PaymentInProgress, leaving nothing behind."""
     alias = shard_for_id(order_id)
+    connection = connections[alias]
     try:
         with transaction.atomic(using=alias):
             order = orders.order_lock(order_id=order_id, owner_id=user_id)
-            orders.order_payment_start(order=order, locked=True)
+            held = orders.order_payment_start_writes(order=order)
             payment_id = id_generate(alias=alias, logical=id_logical_shard(order_id))
             # A fresh xid: no cancel can have come first, so a plain INSERT is the fence.
-            TccShardFence.objects.using(alias).create(
+            fence = TccShardFence(
                 user_id=user_id, xid=f"pay-{payment_id}", branch="order", status=FenceStatus.TRIED
             )
-            payment = Payment.objects.using(alias).create(
+            payment = Payment(
                 id=payment_id,
                 order=order,
                 user_id=user_id,
@@ -284,8 +290,11 @@ def _wallet_order_try(
                 amount=order.total,
                 currency=order.currency,
             )
-            if on_started is not None:
-                on_started(payment)
+            rows = [*held, RowWrite(*insert_sql(connection, [fence])),
+                    RowWrite(*insert_sql(connection, [payment]))]  # fmt: skip
+            started = on_started(payment) if on_started is not None else None
+            rows_write(alias, [*rows, *(started or ())])
+            inserted(fence, payment, using=alias)
     except IntegrityError as exc:  # the one live payment per order (a partial unique index)
         raise PaymentInProgress() from exc
     return payment
