@@ -21,7 +21,7 @@ from apps.orders.models import CheckoutTicket, Order
 from shop.authentication import request_token_user
 from shop.errors import NotFound, ShopError, render_error
 from shop.idempotency import HEADER, HEADER_META, REPLAY_HEADER, request_fingerprint, validate_key
-from shop.parsers import PageField, StrictIntegerField
+from shop.parsers import PageField, StrictIntegerField, body_bounded
 from shop.parsing import ParseRefused, json_loads_bounded
 from shop.throttle import LIMITS_IN_VIEW, limits_check, request_limit_layers
 
@@ -141,7 +141,7 @@ def order_create_answer_early(request: HttpRequest) -> HttpResponse | object | N
         if (resolved := request_token_user(request)) is None:
             return None
         key = validate_key(request.META.get(HEADER_META))  # not request.headers: built per request
-        data = json_loads_bounded(request.body)
+        data = json_loads_bounded(body_bounded(request))  # the API's byte bound, as DRF's parser
     except (AuthenticationFailed, DatabaseError, ShopError, ParseRefused):
         return None
     items = _items_as_validated(data)
