@@ -95,7 +95,7 @@ def _refund_requests(order: Order) -> list[dict[str, Any]]:
 def order_body(order: Order) -> dict[str, Any]:
     """OrderOutputSerializer's representation of ``order``, built directly: a checkout stores
     it with its idempotency key on the hot path, where the serializer's machinery cost more
-    than the rest of the body (the API tests compare both)."""
+    than the rest of the body (tests/payments/test_refund_requests.py compares the two)."""
     when = DATETIME.to_representation
     return {
         "id": str(order.id),
