@@ -9,6 +9,11 @@ of one statement. Elsewhere (the embedded SQLite profile) they run one after the
 Each write says what it returns per row (``returning``, one expression) and what to do with the
 values (``done``): a write that must touch a row (a conditional ``UPDATE``) raises there, inside
 the caller's transaction, which then rolls every write back.
+
+The writes of one call must not depend on each other's effects: on PostgreSQL they all see the
+database as it was before the statement (an ``UPDATE`` does not find a row a sibling
+``INSERT`` adds; ``tests/shop/test_rowwrites.py``). Foreign keys between rows of one call are
+fine: PostgreSQL checks them at the end of the statement.
 """
 
 from __future__ import annotations
