@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
-from django.db.models import Model
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 
@@ -123,3 +123,12 @@ def update_sql(
     assignments, conditions = ", ".join(terms(values)), " AND ".join(terms(where))
     # Identifiers come from the model's own metadata, every value is a parameter.
     return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {conditions}", params  # noqa: S608  # nosec B608
+
+
+def known(queryset: QuerySet, rows: list[Any]) -> QuerySet:
+    """``queryset`` with its rows already known (rows just written, or none for a new
+    object's relations): iterating it runs no query. Stored the way ``prefetch_related``
+    stores a prefetch, e.g. in ``instance._prefetched_objects_cache``."""
+    queryset._result_cache = rows
+    queryset._prefetch_done = True
+    return queryset

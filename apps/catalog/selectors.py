@@ -7,6 +7,7 @@ moves much faster than the catalog.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -310,11 +311,12 @@ def skus_for_checkout(codes: Iterable[str]) -> dict[str, SkuForCheckout]:
     ]
     if not wanted:
         return {}
-    connection = connections[Sku.objects.db]
+    alias = Sku.objects.db
+    connection = connections[alias]
     with connection.cursor() as cursor:
-        cursor.execute(_skus_for_checkout_sql(connection, len(wanted)), wanted)
+        cursor.execute(_skus_for_checkout_sql(alias, len(wanted)), wanted)
         rows = cursor.fetchall()
-    attributes = Sku._meta.get_field("attributes")
+    attributes = _SKU_ATTRIBUTES
     visible = _checkout_visible_category_ids({row[10] for row in rows} - {None})
     found = {}
     for (sku_id, code, product_id, attrs, price, currency, active, per_user_limit,
@@ -333,10 +335,14 @@ def skus_for_checkout(codes: Iterable[str]) -> dict[str, SkuForCheckout]:
     return found
 
 
-def _skus_for_checkout_sql(connection: Any, count: int) -> str:
+_SKU_ATTRIBUTES = Sku._meta.get_field("attributes")
+
+
+@functools.lru_cache(maxsize=64)  # one per database and number of codes (<= ORDER_MAX_LINES)
+def _skus_for_checkout_sql(alias: str, count: int) -> str:
     """The SKUs by code with their product's name, state and category: written by hand, as the
     hot path's one catalog read (the ORM spent more building it than PostgreSQL running it)."""
-    quote = connection.ops.quote_name
+    quote = connections[alias].ops.quote_name
 
     def columns(model: type[Sku] | type[Product], alias: str, names: list[str]) -> list[str]:
         return [f"{alias}.{quote(model._meta.get_field(name).column)}" for name in names]

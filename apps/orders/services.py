@@ -21,7 +21,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.db import DatabaseError, connections, transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.catalog.selectors import SkuForCheckout, skus_for_checkout
@@ -51,7 +50,7 @@ from shop.logs import log_context_bind
 from shop.metrics import DEAD_LETTERS
 from shop.outbox import consume_once, outbox_enqueue, outbox_write
 from shop.review import review_file
-from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write, update_sql
+from shop.rowwrites import RowWrite, insert_sql, inserted, known, rows_write, update_sql
 from shop.sharding import logical_shard_for_user, order_shard_aliases, shard_for_id, shard_for_user
 from shop.sharding.ids import id_generate, id_is_plausible
 from shop.sharding.loops import shards_each
@@ -228,23 +227,13 @@ def _order_write(
         )
         for line in lines
     ]
-    event = OrderEvent(
-        order=order,
-        user_id=user_id,
-        kind="created",
-        from_status="",
-        to_status=S.PENDING_PAYMENT,
-        actor=user_actor(user_id),
-        reason="",
-        data={},
-        created_at=now,
-    )
+    event = _event_row(order, "created", "", S.PENDING_PAYMENT, actor=user_actor(user_id), at=now)
     # The lines are known: callers reading order.lines.all() need no second query (stored the
     # way prefetch_related stores them). A new order has no payments and no refund requests.
     order._prefetched_objects_cache = {
-        "lines": _known(OrderLine.objects.using(alias).filter(order=order), order_lines),
-        "payments": _known(order.payments.none(), []),
-        "refund_requests": _known(order.refund_requests.none(), []),
+        "lines": known(OrderLine.objects.using(alias).filter(order=order), order_lines),
+        "payments": known(order.payments.none(), []),
+        "refund_requests": known(order.refund_requests.none(), []),
     }
     with transaction.atomic(using=alias):
         notify = outbox_write(
@@ -257,13 +246,6 @@ def _order_write(
         extra = [notify, *(also_write(order) if also_write is not None else ())]
         _order_rows_insert(alias, order, order_lines, event, extra)
     return order
-
-
-def _known(queryset: QuerySet, rows: list[Any]) -> QuerySet:
-    """``queryset`` with its rows already known: iterating it runs no query."""
-    queryset._result_cache = rows
-    queryset._prefetch_done = True
-    return queryset
 
 
 def _order_rows_insert(
@@ -365,7 +347,24 @@ def _event(
     reason: str = "",
     data: dict[str, Any] | None = None,
 ) -> None:
-    OrderEvent.objects.using(order._state.db).create(
+    _event_row(order, kind, from_status, to_status, actor=actor, reason=reason,
+               data=data).save(using=order._state.db, force_insert=True)  # fmt: skip
+
+
+def _event_row(
+    order: Order,
+    kind: str,
+    from_status: str,
+    to_status: str,
+    *,
+    actor: str,
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    at: Any = None,
+) -> OrderEvent:
+    """An unsaved history event of ``order`` (written by :func:`_event`, or as a row of a
+    statement by the hot path)."""
+    return OrderEvent(
         order=order,
         user_id=order.user_id,
         kind=kind,
@@ -374,6 +373,7 @@ def _event(
         actor=actor,
         reason=reason[:300],
         data=data or {},
+        created_at=at or timezone.now(),
     )
 
 
@@ -413,10 +413,7 @@ def _transition_writes(
         for name, value in fields.items():
             setattr(order, name, value)
 
-    event = OrderEvent(
-        order_id=order.id, user_id=order.user_id, kind="status_changed", from_status=current,
-        to_status=to, actor=actor, reason=reason[:300], data={}, created_at=now,
-    )  # fmt: skip
+    event = _event_row(order, "status_changed", current, to, actor=actor, reason=reason, at=now)
     moving = update_sql(
         connection, Order, {"status": to, "updated_at": now, **fields},
         {"id": order.id, "status": current},

@@ -62,7 +62,7 @@ from apps.payments.services.channels import (
 from shop.logs import log_context_bind
 from shop.models import FenceStatus, TccFence, TccShardFence
 from shop.review import review_file
-from shop.rowwrites import RowWrite, insert_sql, inserted, rows_write, update_sql
+from shop.rowwrites import RowWrite, insert_sql, inserted, known, rows_write, update_sql
 from shop.sharding import shard_for_id
 from shop.sharding.ids import id_generate, id_is_plausible, id_logical_shard
 from shop.sharding.loops import shards_each
@@ -672,9 +672,9 @@ def _confirm_order(
         payment.settled_at = payment.updated_at = now
         if on_settled is not None:
             # A wallet payment records no channel attempts: its reply needs no query for them.
-            no_attempts = PaymentAttempt.objects.using(alias).none()
-            no_attempts._result_cache, no_attempts._prefetch_done = [], True  # iterates no query
-            payment._prefetched_objects_cache = {"attempts": no_attempts}
+            payment._prefetched_objects_cache = {
+                "attempts": known(PaymentAttempt.objects.using(alias).none(), [])
+            }
             written += on_settled(payment) or ()
         return written
 
